@@ -1,0 +1,69 @@
+"""`mathforge` command line: one sub-command per pipeline stage, each a module with `main(argv)`.
+
+Every stage can equally be run as `python -m mathforge.<module>` or, for trainers,
+`accelerate launch -m mathforge.<module> --config recipe.yaml`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mathforge.errors import UserError
+
+# command -> (module, one-line description); modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": (
+        "mathforge.tiny_model",
+        "build a tiny random Qwen2 model + tokenizer for CPU runs and tests",
+    ),
+    "data": ("mathforge.data.cli", "make datasets: `data toy` writes the synthetic toy task"),
+    "sft": ("mathforge.sft", "supervised fine-tuning with TRL's SFTTrainer (accelerate-launchable)"),
+    "eval": ("mathforge.evaluate", "solve a problem set with the executor in the loop and grade it"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: mathforge <command> [--config recipe.yaml] [--option value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run `mathforge <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def run_main(main, argv: list[str] | None, prog: str) -> int:
+    """Run a stage's `main`, turning a UserError into one line on stderr and exit code 2."""
+    try:
+        main(argv)
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from mathforge import __version__
+
+        print(f"mathforge {__version__}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(
+            f"mathforge: error: unknown command '{command}' (choose from: {', '.join(COMMANDS)})",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return run_main(module.main, argv[1:], f"mathforge {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

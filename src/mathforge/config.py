@@ -1,0 +1,117 @@
+"""Config parsing for every stage, the open-r1/TRL way.
+
+Each command is a set of dataclasses (its own options, and for trainers TRL's `SFTConfig`,
+`ModelConfig`, ...). `--config recipe.yaml` sets their values, any key can be overridden on the
+command line (`--learning_rate 1e-5`), and bad input becomes a one-line :class:`UserError`:
+a missing or malformed YAML file, an unknown key (named), an unknown option, a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mathforge.errors import UserError
+
+
+def _make_parser(dataclass_types, prog):
+    """TRL's TrlParser, whose argparse errors raise instead of printing usage and exiting."""
+    from trl import (
+        TrlParser,  # imported here: trl is slow to import and `--help` of other commands needs none
+    )
+
+    class Parser(TrlParser):
+        def error(self, message):  # argparse's default prints usage and calls sys.exit(2)
+            raise UserError(f"{message} (run with --help for the valid options)")
+
+    return Parser(dataclass_types=dataclass_types, prog=prog)
+
+
+def _known_keys(dataclass_types) -> list[str]:
+    return [f.name for t in dataclass_types for f in dataclasses.fields(t)]
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe YAML into a dict, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (pass an existing YAML recipe to --config)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise UserError(f"malformed YAML in {path}{at}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must be a YAML mapping of option: value, not a {type(data).__name__}")
+    return data
+
+
+def parse_config(
+    dataclass_types: list[type], argv: list[str] | None = None, prog: str | None = None
+) -> tuple:
+    """Parse `--config file.yaml` plus command-line overrides into instances of `dataclass_types`.
+
+    Keys in the YAML must be fields of one of the dataclasses (an `env:` mapping sets environment
+    variables, as in TRL). Returns one instance per dataclass type, in order.
+    """
+    argv = list(argv) if argv is not None else None
+    if argv is not None and "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("--config needs a path to a YAML recipe")
+        # Validate the file and its keys here so the message names the offending key.
+        data = load_yaml(argv[i + 1])
+        known = set(_known_keys(dataclass_types)) | {"env"}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
+                raise UserError(f"unknown key '{key}' in {argv[i + 1]}{hint}")
+    parser = _make_parser(dataclass_types, prog)
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:  # HfArgumentParser's leftovers, and __post_init__ checks
+        message = str(err).strip().splitlines()[0]
+        if "not used by the HfArgumentParser" in message:
+            unknown = [
+                a for a in message.split("[", 1)[1].strip("]").split(", ") if a.strip("'").startswith("-")
+            ]
+            message = f"unknown option {', '.join(u.strip(chr(39)) for u in unknown)} (run with --help for the valid options)"
+        raise UserError(message) from None
+
+
+def to_dict(*configs) -> dict[str, Any]:
+    """The resolved options of one or more config dataclasses, as a YAML-safe dict (for saving the recipe used)."""
+    out: dict[str, Any] = {}
+    for config in configs:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if isinstance(value, enum.Enum):  # TRL/transformers options such as lr_scheduler_type
+                value = value.value
+            if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+                out[f.name] = value
+            else:
+                out[f.name] = str(value)
+    return out
+
+
+def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `data` as YAML atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+__all__ = ["parse_config", "load_yaml", "to_dict", "save_yaml", "UserError"]

@@ -1,0 +1,1 @@
+"""Dataset makers and loaders (`mathforge data ...`)."""

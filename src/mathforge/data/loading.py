@@ -1,0 +1,147 @@
+"""Load math problems for every stage: a Hub dataset id or a local JSONL/JSON/Parquet file or folder.
+
+Whatever the source, the result is a `datasets.Dataset` with (at least) the columns
+
+* ``id``: a stable identifier (the source's id column if it has one, else ``"<name>-<row>"``);
+* ``problem``: the question text;
+* ``answer``: the gold answer as a short string (a MATH ``\\boxed{}`` or GSM8K ``#### N`` solution is
+  reduced to its answer);
+
+and every other column of the source, untouched. Column names are found automatically
+(``problem``/``question``, ``answer``/``solution``/``answer_text``) or given explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mathforge.errors import UserError
+
+PROBLEM_COLUMNS = ("problem", "question", "prompt", "query")
+ANSWER_COLUMNS = ("answer", "final_answer", "gt", "solution", "answer_text")
+_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class DataArguments:
+    """Where problems come from; shared by the stages that read problems (search, eval, RL)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, or a local .jsonl/.json/.parquet file, or a folder holding <split>.jsonl."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_split: str = field(
+        default="train", metadata={"help": "Split to read (Hub, or <split>.jsonl in a folder)."}
+    )
+    problem_column: str | None = field(
+        default=None, metadata={"help": f"Column with the question; default: first of {PROBLEM_COLUMNS}."}
+    )
+    answer_column: str | None = field(
+        default=None, metadata={"help": f"Column with the gold answer; default: first of {ANSWER_COLUMNS}."}
+    )
+    max_problems: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
+
+
+def gold_answer(value) -> str:
+    """Reduce a gold column value to the answer: the last ``\\boxed{}`` of a solution, the number after
+    GSM8K's ``####``, or the value itself (stripped)."""
+    from mathforge.grader import extract_answer
+
+    text = str(value).strip()
+    if "\\boxed" in text or "\\fbox" in text or re.search(r"^####", text, re.MULTILINE):
+        extracted = extract_answer(text)
+        if extracted is not None:
+            return extracted
+    return text
+
+
+def _resolve_local(path: Path, split: str) -> Path:
+    if path.is_dir():
+        for suffix in _LOCAL_SUFFIXES:
+            candidate = path / f"{split}{suffix}"
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"no {split}.jsonl/.json/.parquet in folder {path} (choose another --dataset_split)")
+    if path.suffix not in _LOCAL_SUFFIXES:
+        raise UserError(f"unsupported data file {path}: use .jsonl, .json or .parquet")
+    return path
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix in _LOCAL_SUFFIXES or Path(name).exists()
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise UserError(
+                f"column '{wanted}' not in {source} (its columns: {', '.join(columns)}); fix --{what}_column"
+            )
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise UserError(f"no {what} column in {source} (its columns: {', '.join(columns)}); set --{what}_column")
+
+
+def load_problems(
+    dataset_name: str,
+    split: str = "train",
+    *,
+    dataset_config: str | None = None,
+    problem_column: str | None = None,
+    answer_column: str | None = None,
+    max_problems: int | None = None,
+):
+    """Load problems as a `datasets.Dataset` with ``id``, ``problem`` and ``answer`` columns (see module doc)."""
+    import datasets
+
+    if not dataset_name:
+        raise UserError("no dataset given: set dataset_name to a Hub id or a local .jsonl/.parquet path")
+    if _looks_local(dataset_name):
+        path = _resolve_local(Path(dataset_name).expanduser(), split)
+        if not path.is_file():
+            raise UserError(f"data file not found: {path}")
+        try:
+            ds = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+        except Exception as err:  # malformed JSON lines, unreadable parquet
+            raise UserError(f"could not read {path}: {str(err).splitlines()[0]}") from None
+        stem = path.stem
+    else:
+        try:
+            ds = datasets.load_dataset(dataset_name, dataset_config, split=split)
+        except Exception as err:
+            raise UserError(
+                f"could not load Hub dataset '{dataset_name}' split '{split}': {str(err).splitlines()[0]}"
+            ) from None
+        stem = dataset_name.rsplit("/", 1)[-1]
+    if max_problems is not None:
+        ds = ds.select(range(min(max_problems, len(ds))))
+
+    source = dataset_name
+    problem_col = _pick(ds.column_names, problem_column, PROBLEM_COLUMNS, "problem", source)
+    answer_col = _pick(ds.column_names, answer_column, ANSWER_COLUMNS, "answer", source)
+    has_id = "id" in ds.column_names
+
+    def standardize(row, index):
+        out = {"problem": str(row[problem_col]), "answer": gold_answer(row[answer_col])}
+        out["id"] = str(row["id"]) if has_id else f"{stem}-{index}"
+        return out
+
+    return ds.map(standardize, with_indices=True, desc=f"reading {stem}")
+
+
+def load_from_args(args: DataArguments):
+    return load_problems(
+        args.dataset_name,
+        args.dataset_split,
+        dataset_config=args.dataset_config,
+        problem_column=args.problem_column,
+        answer_column=args.answer_column,
+        max_problems=args.max_problems,
+    )

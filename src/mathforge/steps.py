@@ -1,0 +1,166 @@
+"""The one code-augmented step format used by data synthesis, SFT, RL rollouts, search and eval.
+
+A solution is a sequence of steps followed by an answer::
+
+    <step>
+    # reasoning, written as Python comments
+    apples = 3 * 14
+    print(apples)
+    </step>
+    <output>
+    42
+    </output>
+    <step>
+    ...
+    </step>
+    <output>
+    ...
+    </output>
+    <answer>
+    The answer is \\boxed{42}
+    </answer>
+
+* The model writes ``<step>`` blocks (comments + code) and the final ``<answer>`` block.
+* ``<output>`` blocks are written only by the system, from the executor. A generator is stopped at
+  ``</step>`` (and at ``<output>``, so a model can never write one itself); the code is executed and
+  the real output is appended. When text produced by a model is parsed, any ``<output>`` block in it
+  is discarded: :func:`parse_completion` returns code and answer only, never a model-written output.
+* State (variables, imports) carries across the steps of one solution, as in a notebook.
+* The answer block holds ``\\boxed{...}``; the last box counts.
+
+Every tag sits on its own line, so the tags tokenize the same way whatever the code around them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
+OUTPUT_OPEN, OUTPUT_CLOSE = "<output>", "</output>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+SPECIAL_TOKENS = [STEP_OPEN, STEP_CLOSE, OUTPUT_OPEN, OUTPUT_CLOSE, ANSWER_OPEN, ANSWER_CLOSE]
+
+# A generator stops when a step or the answer is complete, and also the moment a model starts to
+# write an output block of its own (that text is never trusted).
+STOP_STRINGS = [STEP_CLOSE, ANSWER_CLOSE, OUTPUT_OPEN]
+
+SYSTEM_PROMPT = (
+    "Solve the problem step by step. Each step is Python code inside <step> </step>, with the "
+    "reasoning written as comments; its printed output follows in <output> </output>. Finish with "
+    "<answer> </answer> containing the final answer as \\boxed{}."
+)
+
+_BLOCK_RE = re.compile(r"<(step|output|answer)>\n?(.*?)\n?</\1>", re.DOTALL)
+
+
+@dataclass
+class Step:
+    """One step: the code the model wrote (comments included) and what the executor printed.
+
+    ``output`` is ``None`` until the step has been executed; ``error`` is the executor's
+    ``"Type: message"`` when the code raised, timed out or was killed.
+    """
+
+    code: str
+    output: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Solution:
+    """Steps plus the final answer text (the content of ``<answer>``, ``None`` if not reached)."""
+
+    steps: list[Step] = field(default_factory=list)
+    answer: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.answer is not None
+
+    def render(self) -> str:
+        return render_solution(self.steps, self.answer)
+
+
+def render_step(code: str) -> str:
+    """The text a model writes for one step (ends with the closing tag and a newline)."""
+    return f"{STEP_OPEN}\n{code.strip(chr(10))}\n{STEP_CLOSE}\n"
+
+
+def render_output(output: str) -> str:
+    """The block the system appends after executing a step."""
+    body = output.rstrip("\n")
+    return f"{OUTPUT_OPEN}\n{body}\n{OUTPUT_CLOSE}\n" if body else f"{OUTPUT_OPEN}\n{OUTPUT_CLOSE}\n"
+
+
+def render_answer(answer: str) -> str:
+    return f"{ANSWER_OPEN}\n{answer.strip()}\n{ANSWER_CLOSE}\n"
+
+
+def boxed_answer(value: str) -> str:
+    """The canonical answer sentence: ``The answer is \\boxed{value}``."""
+    return f"The answer is \\boxed{{{value}}}"
+
+
+def render_solution(steps: list[Step], answer: str | None = None) -> str:
+    """Render executed steps (with their trusted outputs) and an optional answer."""
+    parts = []
+    for step in steps:
+        parts.append(render_step(step.code))
+        if step.output is not None or step.error is not None:
+            shown = step.output or ""
+            if step.error:
+                shown = (shown + "\n" if shown else "") + step.error
+            parts.append(render_output(shown))
+    if answer is not None:
+        parts.append(render_answer(answer))
+    return "".join(parts)
+
+
+def parse_completion(text: str) -> Solution:
+    """Parse model-written text into steps (code only) and the answer.
+
+    Any ``<output>`` block in ``text`` is ignored, so outputs can only come from the executor.
+    A trailing unterminated ``<step>`` is ignored as well (the generator was cut off).
+    """
+    solution = Solution()
+    for match in _BLOCK_RE.finditer(text):
+        kind, body = match.group(1), match.group(2)
+        if kind == "step":
+            if solution.answer is None:
+                solution.steps.append(Step(code=body))
+        elif kind == "answer" and solution.answer is None:
+            solution.answer = body.strip()
+    return solution
+
+
+def parse_generation(text: str) -> tuple[str, str]:
+    """Classify one generator chunk produced under :data:`STOP_STRINGS`.
+
+    Returns ``(kind, body)`` where kind is ``"step"`` (body = code), ``"answer"`` (body = answer
+    text) or ``"invalid"`` (no complete block; body = the raw text). Backends return the text with
+    the stop string kept, so a chunk cut off by the token limit is told apart from a finished one.
+    """
+    stripped = text.strip()
+    for open_tag, close_tag, kind in ((STEP_OPEN, STEP_CLOSE, "step"), (ANSWER_OPEN, ANSWER_CLOSE, "answer")):
+        if stripped.startswith(open_tag):
+            body = stripped[len(open_tag) :]
+            if not body.endswith(close_tag):
+                return "invalid", text  # cut off by the length limit, or a faked output block
+            body = body[: -len(close_tag)].strip("\n")
+            if body.strip() and OUTPUT_OPEN not in body and close_tag not in body:
+                return kind, body
+    return "invalid", text
+
+
+def normalize_chunk(kind: str, body: str) -> str:
+    """The canonical text of a step or answer chunk, used to merge identical siblings."""
+    return render_step(body) if kind == "step" else render_answer(body)
+
+
+def chat_prompt(tokenizer, problem: str, system_prompt: str | None = None) -> str:
+    """The prompt string a generator continues: the chat template over (system, user) with the
+    assistant turn opened. Training (TRL prompt/completion) renders the same template."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": problem})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,65 @@
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from mathforge.config import parse_config
+from mathforge.errors import UserError
+
+
+@dataclass
+class Options:
+    output_dir: str = field(default="out", metadata={"help": "where"})
+    steps: int = 3
+    verbose: bool = False
+
+
+def test_yaml_then_cli_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps: 7\noutput_dir: y\n")
+    (opts,) = parse_config([Options], ["--config", str(recipe), "--steps", "9", "--verbose", "true"])
+    assert (opts.output_dir, opts.steps, opts.verbose) == ("y", 9, True)
+
+
+@pytest.mark.parametrize(
+    "content, argv, message",
+    [
+        ("stpes: 7\n", [], "unknown key 'stpes'"),
+        ("steps: [7\n", [], "malformed YAML"),
+        ("- 1\n- 2\n", [], "must be a YAML mapping"),
+        (None, ["--bogus", "1"], "unknown option --bogus"),
+        (None, ["--steps", "many"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, content, argv, message):
+    if content is not None:
+        (tmp_path / "r.yaml").write_text(content)
+        argv = ["--config", str(tmp_path / "r.yaml"), *argv]
+    with pytest.raises(UserError, match=message) as err:
+        parse_config([Options], argv)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        parse_config([Options], ["--config", str(tmp_path / "nope.yaml")])
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mathforge.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("tiny-model", "data", "sft"):
+        assert command in out.stdout
+
+
+def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path):
+    out = run_cli("frobnicate")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "unknown command" in out.stderr
+    out = run_cli("sft", "--config", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2 and "config file not found" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0

@@ -1,0 +1,120 @@
+"""Real SFT runs of the tiny model with TRL's SFTTrainer, in-process and through `accelerate launch`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mathforge import steps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sft_args(model, data, out, *extra):
+    return [
+        "--config", str(REPO / "recipes/tiny/sft/config_toy.yaml"),
+        "--model_name_or_path", str(model),
+        "--dataset_name", str(data),
+        "--output_dir", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, toy_data, tmp_path_factory):
+    from mathforge.sft import main
+
+    out = tmp_path_factory.mktemp("sft") / "run"
+    main(
+        sft_args(
+            tiny_model, toy_data, out,
+            "--max_steps", "300", "--per_device_train_batch_size", "8", "--logging_steps", "25",
+            "--save_steps", "300", "--warmup_steps", "20",
+        )
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_sft_loss_falls_and_artifacts_are_saved(trained):
+    state = json.loads(next(trained.glob("checkpoint-*/trainer_state.json")).read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) >= 10
+    assert losses[-1] < 0.5 * losses[0], losses
+    for name in ("model.safetensors", "tokenizer.json", "recipe.yaml", "README.md", "generation_config.json"):
+        assert (trained / name).exists(), name
+    recipe = yaml.safe_load((trained / "recipe.yaml").read_text())
+    assert recipe["max_steps"] == 300 and recipe["lr_scheduler_type"] == "cosine"
+
+
+@pytest.mark.slow
+def test_trained_model_writes_the_step_format_and_stops(trained, toy_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    assert eos in (
+        [model.generation_config.eos_token_id]
+        if isinstance(model.generation_config.eos_token_id, int)
+        else model.generation_config.eos_token_id
+    )
+    problem = json.loads((toy_data / "test.jsonl").read_text().splitlines()[0])["problem"]
+    prompt = steps.chat_prompt(tok, problem)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=600, do_sample=False)
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    text = tok.decode(new, skip_special_tokens=False)
+    # The model learned the format: steps, then an answer with a box, then the end-of-turn token.
+    assert new[-1] == eos, text[-200:]
+    parsed = steps.parse_completion(text)
+    assert parsed.steps and parsed.finished and "\\boxed{" in parsed.answer
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(trained, tiny_model, toy_data):
+    from mathforge.sft import main
+
+    # Same output dir, more steps: training resumes at step 300 instead of starting again.
+    main(sft_args(tiny_model, toy_data, trained, "--max_steps", "310", "--per_device_train_batch_size", "8",
+                  "--save_steps", "310"))  # fmt: skip
+    report = json.loads((trained / "ranks" / "rank_0.json").read_text())
+    assert report["resumed_from"] == "checkpoint-300" and report["global_step"] == 310
+    state = json.loads((trained / "checkpoint-310" / "trainer_state.json").read_text())
+    # The history of the first 300 steps came along with the checkpoint.
+    assert [h["step"] for h in state["log_history"] if "loss" in h][:2] == [25, 50]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_launch(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "accelerate_configs/cpu_2proc.yaml"),
+        "-m", "mathforge.sft",
+        *sft_args(tiny_model, toy_data, out, "--max_steps", "6", "--per_device_train_batch_size", "4",
+                  "--save_steps", "6", "--logging_steps", "2"),
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [json.loads((out / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert report["rank"] == rank and report["world_size"] == 2 and report["global_step"] == 6
+        assert report["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
+
+
+def test_sft_bad_inputs_are_one_line_errors(tmp_path, tiny_model):
+    from mathforge.errors import UserError
+    from mathforge.sft import main
+
+    with pytest.raises(UserError, match="data file not found"):
+        main(sft_args(tiny_model, tmp_path / "none.jsonl", tmp_path / "o"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "reply": "2"}\n')
+    with pytest.raises(UserError, match="no solution column"):
+        main(sft_args(tiny_model, bad, tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
