@@ -15,19 +15,26 @@ import sympy
 from mathforge.cli import main as cli_main
 from mathforge.data import toy
 from mathforge.errors import UserError
+from mathforge.executor import Executor, ExecutorConfig
 from mathforge.steps import OUTPUT_OPEN, boxed_answer, parse_completion
 
 N_TRAIN, N_TEST = 21 * 12, 21 * 4  # a multiple of families x levels, so each combination appears evenly
 
 
 @pytest.fixture(scope="module")
-def train():
-    return toy.generate_problems(N_TRAIN, "train", seed=0)
+def executor():
+    with Executor(ExecutorConfig()) as ex:  # one sandbox for the module: starting one costs ~1 s
+        yield ex
 
 
 @pytest.fixture(scope="module")
-def test_split():
-    return toy.generate_problems(N_TEST, "test", seed=0)
+def train(executor):
+    return toy.generate_problems(N_TRAIN, "train", seed=0, executor=executor)
+
+
+@pytest.fixture(scope="module")
+def test_split(executor):
+    return toy.generate_problems(N_TEST, "test", seed=0, executor=executor)
 
 
 def _solve(equations, unknown):
@@ -203,10 +210,10 @@ def test_wording_varies(train):
         assert len(openings) >= 3 or len(names) >= 5, family
 
 
-def test_deterministic_for_a_seed():
-    a = toy.generate_problems(42, "train", seed=7)
-    b = toy.generate_problems(42, "train", seed=7)
-    c = toy.generate_problems(42, "train", seed=8)
+def test_deterministic_for_a_seed(executor):
+    a = toy.generate_problems(42, "train", seed=7, executor=executor)
+    b = toy.generate_problems(42, "train", seed=7, executor=executor)
+    c = toy.generate_problems(42, "train", seed=8, executor=executor)
     assert json.dumps(a) == json.dumps(b)
     assert [r["id"] for r in a] != [r["id"] for r in c]
 
@@ -214,7 +221,7 @@ def test_deterministic_for_a_seed():
 def test_splits_disjoint_for_large_n():
     # Plans only (no execution): the split logic is the same as in generate_problems.
     seen = {}
-    for split, n in (("train", 20000), ("test", 5000)):
+    for split, n in (("train", 12000), ("test", 3000)):
         plans = list(toy.iter_plans(n, split, 3, toy.LEVELS, toy.FAMILIES))
         digests = {digest for *_, digest in plans}
         texts = {plan.text for _, _, plan, _, _ in plans}
@@ -276,7 +283,8 @@ def test_generate_problems_rejects_unknown_family():
         toy.generate_problems(3, families=["geometry"])
 
 
-def test_batched_execution_matches_step_by_step():
+def test_batched_execution_matches_step_by_step(executor):
     """Teacher programs run as one sandbox step each (fast path); outputs equal a step-by-step run."""
     programs = [codes for *_, codes, _ in toy.iter_plans(42, "train", 9, toy.LEVELS, toy.FAMILIES)]
-    assert toy.execute_programs(programs) == toy.execute_programs(programs, per_step=True)
+    fast = toy.execute_programs(programs, executor=executor)
+    assert fast == toy.execute_programs(programs, per_step=True, executor=executor)

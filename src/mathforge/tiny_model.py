@@ -74,7 +74,10 @@ class TinyModelConfig:
     )
     size: str = field(
         default="tiny",
-        metadata={"help": "tiny (~1M params, CPU tests) or small (~25M, throughput benchmarks)."},
+        metadata={
+            "help": "micro (~0.2M params, unit tests that train), tiny (~1M, CPU runs and tests) "
+            "or small (~25M, throughput benchmarks)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed for the weights and the tokenizer corpus."})
     vocab_size: int = field(

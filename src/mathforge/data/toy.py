@@ -30,6 +30,7 @@ Same seed, same arguments: byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -1329,14 +1330,15 @@ _STEP_END = "<<mathforge-toy-step-end>>"
 
 
 def execute_programs(
-    programs: list[list[str]], progress: bool = False, per_step: bool = False
+    programs: list[list[str]], progress: bool = False, per_step: bool = False, executor=None
 ) -> list[list[str]]:
     """Run teacher programs through the sandboxed executor; returns every step's stdout.
 
     Teacher code is deterministic and never raises, so by default a whole program runs as one sandbox
     step that prints a marker after each of its steps (one fork per problem instead of one per step,
     ~3x faster), several problems at a time. ``per_step=True`` runs it step by step instead, exactly
-    as search does (the tests check that both give the same outputs).
+    as search does (the tests check that both give the same outputs). ``executor``: an open
+    :class:`mathforge.executor.Executor` to use (default: a new one, closed at the end).
     """
     from tqdm import tqdm
 
@@ -1344,7 +1346,7 @@ def execute_programs(
 
     outputs: list[list[str]] = []
     with (
-        Executor(ExecutorConfig()) as executor,
+        contextlib.nullcontext(executor) if executor is not None else Executor(ExecutorConfig()) as executor,
         tqdm(
             total=len(programs), disable=not progress, desc="executing teacher solutions", unit="problem"
         ) as bar,
@@ -1380,10 +1382,14 @@ def generate_problems(
     levels: Iterable[int] = LEVELS,
     families: Iterable[str] = FAMILIES,
     progress: bool = False,
+    executor=None,
 ) -> list[dict]:
-    """``n`` distinct problems of ``split`` with executed, checked teacher solutions (module doc)."""
+    """``n`` distinct problems of ``split`` with executed, checked teacher solutions (module doc).
+
+    ``executor``: an open :class:`mathforge.executor.Executor` to reuse (default: a new one).
+    """
     chosen = list(iter_plans(n, split, seed, levels, families))
-    outputs = execute_programs([codes for *_, codes, _ in chosen], progress)
+    outputs = execute_programs([codes for *_, codes, _ in chosen], progress, executor=executor)
     rng = random.Random(f"mathforge-toy-order:{seed}:{split}")
     records = []
     for (family, level, plan, codes, digest), outs in zip(chosen, outputs):
@@ -1451,11 +1457,14 @@ def write_dataset(
     progress: bool = True,
 ) -> dict:
     """Write ``train.jsonl``, ``test.jsonl`` and ``meta.json`` to ``output_dir``; returns the meta."""
+    from mathforge.executor import Executor, ExecutorConfig
+
     out = Path(output_dir)
-    splits = {
-        "train": generate_problems(n_train, "train", seed, levels, families, progress),
-        "test": generate_problems(n_test, "test", seed, levels, families, progress),
-    }
+    with Executor(ExecutorConfig()) as executor:
+        splits = {
+            split: generate_problems(n, split, seed, levels, families, progress, executor)
+            for split, n in (("train", n_train), ("test", n_test))
+        }
     check_disjoint(splits["train"], splits["test"])
     out.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
