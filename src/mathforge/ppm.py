@@ -1,0 +1,414 @@
+"""Process preference model (PPM): the policy backbone with a scalar head, trained with TRL's `RewardTrainer`.
+
+    accelerate launch [--config_file accelerate_configs/X.yaml] -m mathforge.ppm --config recipes/<model>/ppm/config_<v>.yaml
+    mathforge ppm --config recipes/tiny/ppm/config_toy.yaml
+
+The model is `AutoModelForSequenceClassification(policy, num_labels=1)`: the policy's transformer and a
+new linear head read at the last non-pad token (Qwen2 locates it through `config.pad_token_id`, which
+`RewardTrainer` sets from the tokenizer and saves with the model).
+
+Data: preference pairs from search extraction, TRL's standard format: `prompt` (chat-templated problem +
+the shared solution prefix), `chosen` / `rejected` (the next step with its `<output>` block, or for
+final-step pairs the rest of a trajectory). `RewardTrainer` trains on them unchanged with the
+Bradley-Terry loss `-log sigmoid(r(prompt+chosen) - r(prompt+rejected))`, averaged over the pairs of a
+batch; gradient accumulation and data parallelism average equal-sized batches, so every pair weighs the
+same: rStar's mean over the pos x neg pairs of a step, pooled over all steps' pairs. Nothing had to be
+added to TRL for it. `objective: value` instead regresses the same head on Q targets (AlphaMath), see
+:class:`ValueTrainer`.
+
+Score convention -- one, from training to inference:
+
+* ``r`` = the head's raw output on ``text + eos`` where text = prompt + continuation: `RewardTrainer`
+  appends the tokenizer's EOS token to every sequence, so the score is read at that EOS token (when the
+  EOS token is also the pad token, at the token before it); :func:`readout_text` applies the same rule;
+* ``score = tanh(r)`` in [-1, 1]: what search and RL get from :class:`PPMScorer`. Bradley-Terry fixes
+  ``r`` only up to a shift, so recipes add TRL's small `center_rewards_coefficient` to keep r centred on 0,
+  where tanh spreads scores over its range. tanh is strictly increasing, so any two texts are ordered the
+  same by the score as by the trained r (computed in float64: no ties from rounding before |r| ~ 19).
+* The value objective trains ``tanh(r)`` itself to Q with MSE, so the same scorer returns predicted Q.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, RewardConfig, RewardTrainer
+
+from mathforge.config import parse_config, save_yaml, to_dict
+from mathforge.errors import UserError
+from mathforge.sft import _read, last_checkpoint, write_rank_report
+
+OBJECTIVES = ("pairwise", "value")
+REQUIRED = {"pairwise": ("prompt", "chosen", "rejected"), "value": ("prompt", "value")}
+
+
+@dataclass
+class PPMScriptArguments:
+    """What to train on; the hyper-parameters are TRL's `RewardConfig`, the model TRL's `ModelConfig`."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference pairs (or value targets): Hub id, or a local .jsonl/.parquet file or folder."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Held-out split; if unset, eval_fraction of the train split is held out."},
+    )
+    eval_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Share of problems (grouped by the `id` column) held out when there is no test split."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N rows only."}
+    )
+    objective: str = field(
+        default="pairwise",
+        metadata={
+            "help": "pairwise: Bradley-Terry on pairs (rStar PPM); value: MSE of tanh(r) to Q (AlphaMath)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not '{self.objective}'")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The score convention (see the module docstring): used by training, evaluation and the scorer alike.
+
+
+def readout_text(text: str, eos_token: str) -> str:
+    """The text the head reads: `text` + EOS, exactly as `RewardTrainer` builds its sequences."""
+    return text if text.endswith(eos_token) else text + eos_token
+
+
+def to_score(raw: float) -> float:
+    """The PPM score in [-1, 1] from the head's raw output r."""
+    return math.tanh(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def _check_columns(dataset, objective: str, source: str) -> None:
+    missing = [c for c in REQUIRED[objective] if c not in dataset.column_names]
+    if missing:
+        raise UserError(
+            f"column '{missing[0]}' missing from {source} (its columns: {', '.join(dataset.column_names)}); "
+            f"the {objective} objective needs {', '.join(REQUIRED[objective])}"
+        )
+    if len(dataset) == 0:
+        raise UserError(f"{source} has no rows")
+    row = dataset[0]
+    for column in REQUIRED[objective]:
+        if column != "value" and not isinstance(row[column], str):
+            # One text format from training to inference: the scorer sees strings, so training must too.
+            raise UserError(f"column '{column}' of {source} must hold strings (prompt + rendered steps)")
+
+
+def load_split(args: PPMScriptArguments, split: str):
+    """One split of the dataset, checked for the objective's columns (one-line errors)."""
+    name = args.dataset_name
+    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UserError(f"dataset not found: {name} (give a local file or folder, or a Hub id owner/name)")
+    try:
+        dataset = _read(name, args.dataset_config, split)
+    except UserError:
+        raise
+    except Exception as err:  # Hub errors, malformed JSON lines
+        raise UserError(
+            f"could not load dataset '{name}' split '{split}': {str(err).splitlines()[0]}"
+        ) from None
+    _check_columns(dataset, args.objective, f"{name} ({split})")
+    return dataset
+
+
+def _held_out(key: str, fraction: float) -> bool:
+    """Deterministic per-problem split (same on every rank and every run): a hash of the group key."""
+    digest = hashlib.sha1(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def train_eval_sets(args: PPMScriptArguments):
+    """Train and held-out sets: the test split, or eval_fraction of the problems in the train split.
+
+    Held-out pairs come from held-out problems (grouped by `id`, else by `prompt`), so the metric is not
+    inflated by prefixes shared with training pairs.
+    """
+    train_set = load_split(args, args.dataset_train_split)
+    if args.dataset_test_split:
+        eval_set = load_split(args, args.dataset_test_split)
+    elif args.eval_fraction > 0:
+        key = "id" if "id" in train_set.column_names else "prompt"
+        held = [_held_out(str(k), args.eval_fraction) for k in train_set[key]]
+        eval_set = train_set.select([i for i, h in enumerate(held) if h])
+        train_set = train_set.select([i for i, h in enumerate(held) if not h])
+        if len(eval_set) == 0 or len(train_set) == 0:
+            eval_set = None  # too few problems to hold any out
+    else:
+        eval_set = None
+    if args.max_train_samples is not None:
+        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    if eval_set is not None and args.max_eval_samples is not None:
+        eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
+    return train_set, eval_set
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def pair_margins(logits, labels=None):
+    """`preprocess_logits_for_metrics`: RewardTrainer's batch holds the chosen then the rejected sequences;
+    keep one number per pair, r(chosen) - r(rejected), so predictions line up with pairs across batches
+    and processes (the held-out accuracy is then exact, not a mean of per-batch means)."""
+    chosen, rejected = logits.squeeze(-1).chunk(2)
+    return chosen - rejected
+
+
+@dataclass
+class _ValueCollator:
+    """Right-pads `input_ids` (as TRL's preference collator does) and stacks the Q targets."""
+
+    tokenizer: object  # its pad token is read per batch: RewardTrainer settles it after the collator is built
+
+    def __call__(self, rows):
+        import torch
+        from trl.trainer.utils import pad
+
+        ids = [torch.tensor(r["input_ids"]) for r in rows]
+        return {
+            "input_ids": pad(ids, padding_value=self.tokenizer.pad_token_id, padding_side="right"),
+            "attention_mask": pad([torch.ones_like(i) for i in ids], padding_value=0, padding_side="right"),
+            "value": torch.tensor([float(r["value"]) for r in rows]),
+        }
+
+
+class ValueTrainer(RewardTrainer):
+    """AlphaMath's value objective on the PPM's head: MSE between tanh(r) and the Q target.
+
+    A minimal subclass, so model loading (seq-cls head, pad token), PEFT, checkpointing and the model card
+    stay RewardTrainer's: only the rows (`prompt` + EOS -> `input_ids`, and `value`), the collator and the
+    loss change. The text is built with :func:`readout_text`, the loss is on the score that search uses.
+    """
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        eos = processing_class.eos_token
+
+        def tokenize(row):
+            return {"input_ids": processing_class(text=readout_text(row["prompt"], eos))["input_ids"]}
+
+        dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} dataset")
+        if args.max_length is not None:
+            dataset = dataset.filter(lambda row: len(row["input_ids"]) <= args.max_length)
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "value"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        import torch
+
+        target = inputs.pop("value")
+        outputs = model(**inputs, use_cache=False)
+        loss = torch.nn.functional.mse_loss(torch.tanh(outputs.logits.squeeze(-1).float()), target.float())
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["mse"].append(self.accelerator.gather_for_metrics(loss.detach()).mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_config(
+        [PPMScriptArguments, RewardConfig, ModelConfig], argv, prog="mathforge ppm"
+    )
+    train(script_args, training_args, model_args)
+
+
+def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
+    from transformers import AutoTokenizer
+    from trl import get_peft_config
+
+    if not model_args.model_name_or_path:
+        raise UserError("no model: set model_name_or_path to the policy (e.g. the SFT output folder)")
+    if not script_args.dataset_name:
+        raise UserError(
+            "no training data: set dataset_name to the preference pairs (folder with train.jsonl)"
+        )
+    model_path = model_args.model_name_or_path
+    if model_path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(model_path)):
+        raise UserError(f"model folder not found: {model_path}")
+
+    train_set, eval_set = train_eval_sets(script_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    pairwise = script_args.objective == "pairwise"
+    trainer_cls = RewardTrainer if pairwise else ValueTrainer
+    extra = {} if pairwise else {"data_collator": _ValueCollator(tokenizer)}
+    trainer = trainer_cls(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        preprocess_logits_for_metrics=pair_margins if pairwise else None,
+        **extra,
+    )
+    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
+    if resume:
+        trainer.accelerator.print(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+
+    trainer.save_model(training_args.output_dir)
+    metrics = held_out_metrics(trainer, pairwise) if eval_set is not None else {}
+    write_rank_report(trainer, training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        out = Path(training_args.output_dir)
+        save_yaml(to_dict(script_args, model_args, training_args), out / "recipe.yaml")
+        (out / "ppm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        trainer.create_model_card(dataset_name=script_args.dataset_name, tags=["mathforge", "ppm"])
+        trainer.accelerator.print(f"held-out: {metrics}" if metrics else "no held-out set: no metrics")
+        trainer.accelerator.print(
+            f"saved model, tokenizer, recipe.yaml, ppm_metrics.json and README.md to {out}"
+        )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.end_training()
+    return trainer
+
+
+def held_out_metrics(trainer, pairwise: bool) -> dict:
+    """Held-out metrics after training, logged into the trainer's history and `eval_results.json`.
+
+    pairwise: `eval_pairwise_accuracy` = fraction of held-out pairs with r(chosen) > r(rejected), exact
+    over all pairs (TRL's own `eval_accuracy` is a mean of per-batch means); value: `eval_mse`.
+    """
+    result = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")  # the tokenized held-out set
+    metrics = {k: v for k, v in result.metrics.items() if not k.endswith(("_runtime", "_per_second"))}
+    if pairwise:
+        margins = result.predictions
+        metrics["eval_pairwise_accuracy"] = float((margins > 0).mean())
+        metrics["eval_pairs"] = int(margins.shape[0])
+    else:
+        metrics["eval_mse"] = metrics["eval_loss"]
+    trainer.log(dict(metrics))  # RewardTrainer.log adds its eval metrics (reward mean, margin, ...)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inference: the batched scorer search and RL call
+
+
+class PPMScorer:
+    """Scores `prompt + prefix` texts with a trained PPM: `scorer(texts) -> [score in [-1, 1]]`.
+
+    Texts are scored in right-padded batches (as in training) of up to `batch_size`, longest first so a
+    batch holds similar lengths. No truncation: it would cut off the token the head reads.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        if tokenizer.pad_token is None:  # RewardTrainer's rule, should a model come from elsewhere
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # seq-cls models find the last token with it
+
+    def raw(self, texts: list[str]) -> list[float]:
+        """The head's raw outputs r, the quantity the Bradley-Terry loss was trained on."""
+        import torch
+
+        eos = self.tokenizer.eos_token
+        if not texts:
+            return []
+        ids = self.tokenizer(text=[readout_text(t, eos) for t in texts])["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = [0.0] * len(ids)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[i] for i in chunk]},
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
+            ).to(device)
+            with torch.inference_mode():
+                logits = self.model(**batch, use_cache=False).logits
+            for i, r in zip(chunk, logits[:, 0].double().tolist()):
+                out[i] = r
+        return out
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        return [to_score(r) for r in self.raw(list(texts))]
+
+    def score_pairs(
+        self, prompts: list[str], chosen: list[str], rejected: list[str]
+    ) -> list[tuple[float, float]]:
+        """(score(prompt + chosen), score(prompt + rejected)) for each pair, in one batched pass."""
+        n = len(prompts)
+        scores = self([p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)])
+        return list(zip(scores[:n], scores[n:]))
+
+    def pairwise_accuracy(self, prompts: list[str], chosen: list[str], rejected: list[str]) -> float:
+        """Fraction of pairs scored chosen > rejected."""
+        pairs = self.score_pairs(prompts, chosen, rejected)
+        return sum(c > r for c, r in pairs) / max(len(pairs), 1)
+
+
+def load_scorer(
+    path: str, batch_size: int = 32, device: str | None = None, dtype: str | None = None
+) -> PPMScorer:
+    """Load a PPM saved by `mathforge ppm` (or any 1-label sequence-classification model) as a scorer.
+
+    device: default cuda when available, else cpu; dtype: default the saved one (e.g. "bfloat16").
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not os.path.isdir(path) and path.startswith((".", "/", "~")):
+        raise UserError(f"PPM folder not found: {path}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or "auto")
+    if model.config.num_labels != 1:
+        raise UserError(f"{path} has {model.config.num_labels} labels; a PPM has one scalar head")
+    return PPMScorer(model.to(device), AutoTokenizer.from_pretrained(path), batch_size=batch_size)
+
+
+__all__ = [
+    "PPMScriptArguments",
+    "PPMScorer",
+    "ValueTrainer",
+    "load_scorer",
+    "main",
+    "readout_text",
+    "to_score",
+]
+
+
+if __name__ == "__main__":
+    from mathforge.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:], "mathforge ppm"))

@@ -1,0 +1,577 @@
+"""MCTS over code-augmented steps (rStar-Math, AlphaMath): one tree per problem, many trees batched.
+
+    mathforge search --config recipes/tiny/search/config_round1.yaml [--num_rollouts 16 ...]
+
+**A rollout** walks from the root, choosing among existing children by UCT
+(``Q + c sqrt(ln N_parent / N)``, c = 2) or PUCT (``Q + c P sqrt(N_parent) / (1 + N)``, c = 1.25, P =
+the step prior). At a node with no children it *expands* it: k candidate next chunks are sampled (one
+prompt, n = k), each step's code runs in the executor on top of the node's state, each answer is
+evaluated; then the walk goes on into one of the new children, until it reaches a terminal node,
+whose reward is backed up the path (N += 1, W += reward on every node; Q = W / N). So a parent's N is
+the sum of its children's N plus its own terminal visits, and the root's N is the number of rollouts.
+
+**Batching.** Up to ``batch_problems`` trees are searched together, each with one walk in flight. A
+*search step* advances every walk until it needs an expansion, then sends the pending expansions of
+all trees in ONE generator call, ONE ``executor.run_many`` (each step on its parent node's state)
+and one batch of answer evaluations (and one PPM call). A finished tree leaves and the next problem
+takes its place, so the batch stays full.
+
+**Children.** Sampled chunks with the same normalized text become one child (``count`` copies). The
+prior P is the softmax over the k samples' mean token log-probabilities, summed over merged copies
+(PUCT); without log-probs it is the sampled frequency (used by UCT only to order unvisited
+children). A chunk that is neither a complete step nor an answer becomes an ``invalid`` terminal
+child (reward -1): it is a real sample of the policy, so it keeps its share of the prior mass.
+Terminal reasons, reward -1 unless noted: ``correct`` (+1, the grader accepts the answer), ``wrong``,
+``too_deep`` (a step at depth ``max_depth``: no room left for an answer), ``code_errors`` (more than
+``max_code_errors`` failing steps on the path, or a step whose process died), ``invalid``; at
+inference (no gold answer) answers end as ``answer`` with the scorer's value as reward.
+
+**Values.** Round 1: Q comes from terminal rewards only (an unvisited node has Q 0; a terminal node's
+Q is its reward). With a PPM (``scorer(texts) -> values in [-1, 1]``), a new non-terminal node's PPM
+score v0 counts as one virtual visit: ``Q = (v0 + W) / (1 + N)``. N counts real visits only (so the
+N invariant holds), Q stays in [-1, 1], and the PPM's say fades as real rollouts come back.
+
+**Executor states.** A node holds the executor state after its step until it is expanded (its
+children then hold their own) or becomes terminal; everything left is released when the tree is done.
+
+**Output**: one JSON line per finished tree, appended with flush + fsync; a restarted run skips the
+ids already in the file and drops a torn last line. Schema::
+
+    {"id", "problem", "answer" (gold), "prompt", "solved", "num_rollouts", "num_nodes", "tokens",
+     "seconds", "config" (the SearchConfig as a dict),
+     "nodes": [{"id", "parent" (null for the root), "kind" (root|step|answer|invalid), "text" (code,
+                answer text, or the raw invalid chunk), "depth", "output", "error", "N", "Q", "prior",
+                "count", "value0" (PPM score or null), "terminal" (null or a reason above), "reward"}]}
+
+Node ids are list positions, and a parent always comes before its children.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from mathforge import steps
+from mathforge.config import parse_config
+from mathforge.data.loading import DataArguments, load_from_args
+from mathforge.errors import UserError
+from mathforge.generation import SamplingConfig
+
+WRONG_REASONS = ("wrong", "too_deep", "code_errors")  # -1 leaves that are real solution attempts
+Scorer = Callable[[list[str]], list[float]]
+
+
+@dataclass
+class SearchConfig:
+    """MCTS data synthesis: the model, the search shape and where the trees go."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model folder or Hub id."})
+    backend: str = field(
+        default="transformers", metadata={"help": "Generation backend: vllm or transformers."}
+    )
+    ppm_path: str | None = field(
+        default=None,
+        metadata={"help": "PPM for initial node values (round 2+); None: terminal rewards only."},
+    )
+    num_rollouts: int = field(
+        default=8, metadata={"help": "Rollouts per problem (rStar: 8 in round 1, 16 later)."}
+    )
+    num_candidates: int = field(default=5, metadata={"help": "k: chunks sampled per expansion."})
+    c: float | None = field(
+        default=None, metadata={"help": "Exploration constant; None: 2 (uct) or 1.25 (puct)."}
+    )
+    selection: str = field(default="uct", metadata={"help": "uct, or puct (uses the step prior)."})
+    max_depth: int = field(default=16, metadata={"help": "Most chunks (steps + answer) in one trajectory."})
+    max_code_errors: int = field(default=2, metadata={"help": "More failing steps than this on a path: -1."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for candidates."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for candidates."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Token limit of one chunk."})
+    batch_problems: int = field(default=64, metadata={"help": "Trees searched together."})
+    output_file: str | None = field(default=None, metadata={"help": "Tree JSONL file (appended; resumable)."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling and tie-breaking."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message (None: none)."})
+    exec_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one code step."})
+
+    def __post_init__(self):
+        if self.selection not in ("uct", "puct"):
+            raise ValueError(f"selection must be uct or puct, not {self.selection!r}")
+        for name in ("num_rollouts", "num_candidates", "max_depth", "batch_problems"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.c is not None and self.c < 0:
+            raise ValueError("c must be >= 0")
+
+    @property
+    def exploration(self) -> float:
+        return self.c if self.c is not None else (2.0 if self.selection == "uct" else 1.25)
+
+
+# --- trees ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int | None
+    kind: str  # root | step | answer | invalid
+    text: str
+    depth: int
+    prior: float = 1.0
+    count: int = 1
+    output: str | None = None
+    error: str | None = None
+    code_errors: int = 0  # failing steps on the path to here, this one included
+    terminal: str | None = None
+    reward: float | None = None
+    value0: float | None = None
+    N: int = 0
+    W: float = 0.0
+    children: list[int] = field(default_factory=list)
+    state: object = field(default=None, repr=False)
+
+    @property
+    def Q(self) -> float:
+        if self.reward is not None:  # a terminal: every visit backs up the same reward
+            return self.reward
+        if self.value0 is not None:
+            return (self.value0 + self.W) / (1 + self.N)
+        return self.W / self.N if self.N else 0.0
+
+    def to_json(self) -> dict:
+        keys = ("id", "parent", "kind", "text", "depth", "output", "error", "N", "count", "value0")
+        out = {k: getattr(self, k) for k in keys}
+        out.update(Q=round(self.Q, 6), prior=round(self.prior, 6), terminal=self.terminal, reward=self.reward)
+        return out
+
+
+def render_chunk(kind: str, text: str, output: str | None = None, error: str | None = None) -> str:
+    """A node's text as it appears in a solution: a step with its executor output, an answer, or raw text."""
+    if kind == "step":
+        return steps.render_solution([steps.Step(text, output, error)])
+    if kind == "answer":
+        return steps.render_answer(text)
+    return text  # the root (empty) or an invalid chunk
+
+
+class Tree:
+    """The search tree of one problem, with its walk in flight."""
+
+    def __init__(
+        self, id: str, prompt: str, config: SearchConfig, problem: str = "", gold: str | None = None
+    ):
+        self.id, self.prompt, self.problem, self.gold, self.config = id, prompt, problem, gold, config
+        self.nodes = [Node(0, None, "root", "", 0)]
+        self.path = [0]  # the walk in flight, from the root
+        self.pending: int | None = None  # node waiting for its expansion
+        self.rollouts = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.rng = random.Random(f"{config.seed}:{id}")
+
+    @property
+    def done(self) -> bool:
+        return self.rollouts >= self.config.num_rollouts
+
+    @property
+    def solved(self) -> bool:
+        return any(n.terminal == "correct" for n in self.nodes)
+
+    def trajectory(self, node_id: int) -> list[Node]:
+        """Nodes from the root's child down to ``node_id``."""
+        out = []
+        while node_id:
+            out.append(self.nodes[node_id])
+            node_id = self.nodes[node_id].parent
+        return out[::-1]
+
+    def text(self, node_id: int) -> str:
+        """Prompt + the solution so far, up to and including the node (what the policy and PPM see)."""
+        return self.prompt + "".join(
+            render_chunk(n.kind, n.text, n.output, n.error) for n in self.trajectory(node_id)
+        )
+
+    def advance(self) -> None:
+        """Walk (and back up finished rollouts) until an expansion is needed or the tree is done."""
+        while self.pending is None and not self.done:
+            node = self.nodes[self.path[-1]]
+            if node.terminal is not None:
+                for i in self.path:
+                    self.nodes[i].N += 1
+                    self.nodes[i].W += node.reward
+                self.rollouts += 1
+                self.path = [0]
+            elif not node.children:
+                self.pending = node.id
+            else:
+                self.path.append(self.select(node).id)
+
+    def select(self, node: Node) -> Node:
+        c, children = self.config.exploration, [self.nodes[i] for i in node.children]
+        if self.config.selection == "puct":
+            explore = c * math.sqrt(max(node.N, 1))
+            scores = [ch.Q + explore * ch.prior / (1 + ch.N) for ch in children]
+        else:
+            log_n = math.log(max(node.N, 1))
+            scores = [ch.Q + c * math.sqrt(log_n / ch.N) if ch.N else math.inf for ch in children]
+        # ties (e.g. all unvisited): the more probable chunk first, then at random
+        return max(zip(scores, children), key=lambda sc: (sc[0], sc[1].prior, self.rng.random()))[1]
+
+    def add_child(self, parent: Node, **kwargs) -> Node:
+        child = Node(len(self.nodes), parent.id, depth=parent.depth + 1, **kwargs)
+        self.nodes.append(child)
+        parent.children.append(child.id)
+        return child
+
+    def release_states(self, executor) -> None:
+        for node in self.nodes:
+            if node.state is not None:
+                executor.release(node.state)
+                node.state = None
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "problem": self.problem,
+            "answer": self.gold,
+            "prompt": self.prompt,
+            "solved": self.solved,
+            "num_rollouts": self.rollouts,
+            "num_nodes": len(self.nodes),
+            "tokens": self.tokens,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            "config": asdict(self.config),
+            "nodes": [n.to_json() for n in self.nodes],
+        }
+
+
+# --- one search step: expand every pending node of every tree in one batch ----------------------------------
+
+
+def _candidates(completions, use_logprobs: bool) -> list[dict]:
+    """Merge the k sampled chunks of one node by normalized text; priors summed over merged copies."""
+    if use_logprobs and all(c.logprob is not None for c in completions):
+        means = [c.logprob / max(1, c.num_tokens) for c in completions]
+        top = max(means)
+        weights = [math.exp(m - top) for m in means]
+    else:
+        weights = [1.0] * len(completions)
+    total = sum(weights)
+    merged: dict[str, dict] = {}
+    for comp, weight in zip(completions, weights):
+        kind, body = steps.parse_generation(comp.text)
+        if kind == "invalid":
+            key, text = "invalid:" + comp.text.strip(), comp.text
+        else:
+            key, text = steps.normalize_chunk(kind, body), body if kind == "step" else body.strip()
+        cand = merged.setdefault(key, {"kind": kind, "text": text, "prior": 0.0, "count": 0})
+        cand["prior"] += weight / total
+        cand["count"] += 1
+        if kind == "invalid":
+            cut = comp.finish_reason == "length"
+            cand["error"] = "cut off at max_new_tokens" if cut else "not a complete <step> or <answer> block"
+    return list(merged.values())
+
+
+def grade_answers(grader) -> Callable:
+    """Answer evaluation for data synthesis: +1 when the grader accepts the answer, else -1."""
+
+    def evaluate(items: list[tuple[Tree, Node]]) -> list[tuple[float, str]]:
+        verdicts = grader.grade_many([node.text for _, node in items], [tree.gold for tree, _ in items])
+        return [(1.0, "correct") if v is True else (-1.0, "wrong") for v in verdicts]
+
+    return evaluate
+
+
+def score_answers(scorer: Scorer) -> Callable:
+    """Answer evaluation without a gold answer (inference): the scorer's value of the whole solution."""
+
+    def evaluate(items: list[tuple[Tree, Node]]) -> list[tuple[float, str]]:
+        values = scorer([tree.text(node.id) for tree, node in items]) if items else []
+        return [(max(-1.0, min(1.0, float(v))), "answer") for v in values]
+
+    return evaluate
+
+
+def expand(
+    trees: list[Tree], generator, executor, evaluate_answers: Callable, scorer: Scorer | None = None
+) -> int:
+    """Expand the pending node of every tree: one generator call, one executor batch. Returns new nodes."""
+    config = trees[0].config
+    sampling = SamplingConfig(
+        n=config.num_candidates,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        stop=steps.STOP_STRINGS,
+        logprobs=config.selection == "puct",
+    )
+    prompts = {id(t): t.text(t.pending) for t in trees}
+    trees = sorted(trees, key=lambda t: len(prompts[id(t)]))  # similar lengths together: less padding
+    outputs = generator.generate([prompts[id(t)] for t in trees], sampling)
+    to_run, to_score, answers, new = [], [], [], 0
+    for tree, completions in zip(trees, outputs):
+        parent = tree.nodes[tree.pending]
+        tree.tokens += sum(c.num_tokens for c in completions)
+        for cand in _candidates(completions, sampling.logprobs):
+            child = tree.add_child(parent, code_errors=parent.code_errors, **cand)
+            new += 1
+            if child.kind == "invalid":
+                child.terminal, child.reward = "invalid", -1.0
+            elif child.kind == "answer":
+                answers.append((tree, child))
+            else:
+                to_run.append((tree, parent, child))
+    results = executor.run_many([(parent.state, child.text) for _, parent, child in to_run]) if to_run else []
+    for (tree, _, child), result in zip(to_run, results):
+        child.output, child.error, child.state = result.stdout, result.error, result.state
+        child.code_errors += 1 if result.error else 0
+        if child.code_errors > config.max_code_errors or result.state is None:
+            child.terminal = "code_errors"
+        elif child.depth >= config.max_depth:
+            child.terminal = "too_deep"
+        if child.terminal is None:
+            to_score.append((tree, child))
+        else:
+            child.reward = -1.0
+            if child.state is not None:  # a terminal is never continued
+                executor.release(child.state)
+                child.state = None
+    for (_, child), (reward, reason) in zip(answers, evaluate_answers(answers) if answers else []):
+        child.terminal, child.reward = reason, reward
+    if scorer is not None and to_score:
+        for (_, child), value in zip(to_score, scorer([tree.text(child.id) for tree, child in to_score])):
+            child.value0 = max(-1.0, min(1.0, float(value)))
+    for tree in trees:
+        parent = tree.nodes[tree.pending]
+        if parent.state is not None:  # its children hold their own states now
+            executor.release(parent.state)
+            parent.state = None
+        tree.pending = None
+    return new
+
+
+@dataclass
+class SearchStats:
+    problems: int = 0
+    solved: int = 0
+    nodes: int = 0
+    generator_calls: int = 0
+    search_steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def coverage(self) -> float:
+        return 100.0 * self.solved / max(1, self.problems)
+
+
+def run_search(
+    trees: Iterable[Tree],
+    generator,
+    executor,
+    evaluate_answers: Callable,
+    scorer: Scorer | None = None,
+    batch_problems: int = 64,
+    on_finish: Callable[[Tree], None] | None = None,
+) -> SearchStats:
+    """Search all trees, ``batch_problems`` at a time; ``on_finish`` gets each tree as it completes."""
+    stats, start = SearchStats(), time.perf_counter()
+    queue, active, exhausted = iter(trees), [], False
+    while True:
+        while not exhausted and len(active) < batch_problems:
+            tree = next(queue, None)
+            exhausted = tree is None
+            if tree is not None:
+                active.append(tree)
+        for tree in active:
+            tree.advance()
+        finished = [t for t in active if t.done]
+        if finished:  # refill before expanding, so that every generator call is as full as it can be
+            active = [t for t in active if not t.done]
+            for tree in finished:
+                tree.release_states(executor)
+                stats.problems += 1
+                stats.solved += tree.solved
+                stats.nodes += len(tree.nodes)
+                stats.tokens += tree.tokens
+                stats.seconds = time.perf_counter() - start
+                if on_finish is not None:
+                    on_finish(tree)
+            continue
+        if not active:
+            break
+        expand(active, generator, executor, evaluate_answers, scorer)
+        stats.generator_calls += 1
+        stats.search_steps += 1
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+# --- tree files ------------------------------------------------------------------------------------------
+
+
+def read_trees(path: str | os.PathLike) -> list[dict]:
+    """The trees in a JSONL file; a torn last line (a run killed mid-write) is skipped."""
+    trees = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                trees.append(json.loads(line))
+            except ValueError:
+                continue  # only a torn write can produce this; the tree is searched again
+    return trees
+
+
+class TreeWriter:
+    """Appends finished trees to a JSONL file, durably; knows which ids it already holds."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.done: set[str] = set()
+        if os.path.exists(self.path):
+            self._repair()
+            self.done = {str(t["id"]) for t in read_trees(self.path)}
+        self.file = open(self.path, "a")
+
+    def _repair(self) -> None:
+        """Cut a torn last line, so that the next tree starts on a line of its own."""
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                f.truncate(end)
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.done.add(str(record["id"]))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --- the `mathforge search` command ----------------------------------------------------------------------
+
+
+def load_ppm(path: str) -> Scorer:
+    try:
+        from mathforge.ppm import load_scorer
+    except ImportError as err:
+        raise UserError(f"ppm_path is set but the PPM module is not available ({err})") from None
+    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
+    return load_scorer(path)
+
+
+def search(
+    config: SearchConfig,
+    data: DataArguments,
+    generator=None,
+    executor=None,
+    scorer=None,
+    grader=None,
+    progress: bool = True,
+) -> dict:
+    """Search every problem not yet in ``config.output_file``; returns the run's summary. A generator,
+    executor, scorer or grader passed in is used (and not closed) instead of building one."""
+    from tqdm.auto import tqdm
+
+    from mathforge.executor import Executor, ExecutorConfig
+    from mathforge.generation import load_generator
+    from mathforge.grader import Grader
+
+    if not config.output_file:
+        raise UserError("no output file: set output_file (the tree JSONL, appended and resumable)")
+    if generator is None and not config.model_name_or_path:
+        raise UserError("no model: set model_name_or_path")
+    problems = load_from_args(data)
+    writer = TreeWriter(config.output_file)
+    todo, seen = [], set(writer.done)
+    for row in problems:
+        if str(row["id"]) not in seen:
+            seen.add(str(row["id"]))
+            todo.append(row)
+    skipped = len(problems) - len(todo)
+    if generator is None:
+        import torch
+
+        torch.manual_seed(config.seed)
+        extra = {"seed": config.seed} if config.backend == "vllm" else {}
+        generator = load_generator(config.backend, config.model_name_or_path, **extra)
+    if scorer is None and config.ppm_path:
+        scorer = load_ppm(config.ppm_path)
+    own_executor = executor is None
+    if own_executor:
+        live = min(1024, max(64, config.batch_problems * config.num_candidates))
+        executor = Executor(ExecutorConfig(timeout_s=config.exec_timeout_s, max_states=live))
+    own_grader = grader is None
+    grader = grader or Grader()
+    bar = tqdm(total=len(todo), desc="search", unit="problem", disable=not progress)
+    counts = {"done": 0, "solved": 0, "nodes": 0}
+    start = time.perf_counter()
+
+    def on_finish(tree: Tree) -> None:
+        writer.write(tree.to_json())
+        counts["done"] += 1
+        counts["solved"] += tree.solved
+        counts["nodes"] += len(tree.nodes)
+        rate = counts["nodes"] / max(1e-9, time.perf_counter() - start)
+        bar.set_postfix(coverage=f"{100 * counts['solved'] / counts['done']:.1f}%", nodes_s=f"{rate:.1f}")
+        bar.update(1)
+
+    def trees():
+        for row in todo:
+            prompt = steps.chat_prompt(generator.tokenizer, row["problem"], config.system_prompt)
+            yield Tree(str(row["id"]), prompt, config, problem=row["problem"], gold=str(row["answer"]))
+
+    try:
+        stats = run_search(
+            trees(), generator, executor, grade_answers(grader), scorer, config.batch_problems, on_finish
+        )
+    finally:
+        bar.close()
+        writer.close()
+        if own_grader:
+            grader.close()
+        if own_executor:
+            executor.close()
+    summary = {
+        "problems": stats.problems,
+        "skipped_already_done": skipped,
+        "coverage": round(stats.coverage, 2),
+        "nodes": stats.nodes,
+        "generator_calls": stats.generator_calls,
+        "calls_per_search_step": round(stats.generator_calls / max(1, stats.search_steps), 3),
+        "tokens": stats.tokens,
+        "seconds": round(stats.seconds, 2),
+        "output_file": config.output_file,
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config, data = parse_config([SearchConfig, DataArguments], argv, prog="mathforge search")
+    s = search(config, data)
+    print(
+        f"searched {s['problems']} problems ({s['skipped_already_done']} already in the file): coverage "
+        f"{s['coverage']:.1f}%, {s['nodes']} nodes, {s['generator_calls']} generator calls "
+        f"({s['calls_per_search_step']:g} per search step), {s['tokens']} tokens, {s['seconds']:.0f}s "
+        f"-> {s['output_file']}"
+    )
+    return s
+
+
+if __name__ == "__main__":
+    from mathforge.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:], "mathforge search"))
