@@ -26,6 +26,8 @@ test: lint
 bench: $(STAMP)
 	PYTHONPATH=src $(PY) bench/bench_executor.py
 	PYTHONPATH=src $(PY) bench/bench_grader.py
+	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_search.py
+	PYTHONPATH=src $(PY) bench/bench_eval.py
 
 clean:
 	rm -rf runs .pytest_cache
