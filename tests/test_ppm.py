@@ -193,6 +193,17 @@ def test_held_out_split_is_by_problem(tmp_path):
     assert again["prompt"] == held["prompt"]  # deterministic: the same on every rank and every run
 
 
+def test_too_few_problems_to_hold_out_trains_on_all(tmp_path):
+    from mathforge.ppm import PPMScriptArguments, _held_out, train_eval_sets
+
+    ids = [f"p{i}" for i in range(200)]
+    held_id = next(i for i in ids if _held_out(i, 0.5))  # one problem that falls in the held-out share
+    rows = [{"id": held_id, "prompt": f"s{i}", "chosen": "a", "rejected": "b"} for i in range(6)]
+    data = write_jsonl(tmp_path / "pairs" / "train.jsonl", rows).parent
+    train, held = train_eval_sets(PPMScriptArguments(dataset_name=str(data), eval_fraction=0.5))
+    assert held is None and len(train) == 6  # not an empty training set
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, micro_model, capsys):
     from mathforge.cli import main as cli_main
     from mathforge.errors import UserError

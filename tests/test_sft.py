@@ -118,3 +118,15 @@ def test_sft_bad_inputs_are_one_line_errors(tmp_path, tiny_model):
     with pytest.raises(UserError, match="no solution column"):
         main(sft_args(tiny_model, bad, tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
+    from mathforge.sft import last_checkpoint
+
+    assert last_checkpoint(str(tmp_path / "missing")) is None
+    for step in (100, 200, 300):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (100, 200):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-300" / "model.safetensors").write_text("half")  # killed before its state
+    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-200")

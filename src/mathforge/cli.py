@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("mathforge.search.mcts", "MCTS data synthesis: one tree per problem, JSONL, resumable"),
     "extract": ("mathforge.search.extract", "SFT set, PPM pairs and value targets from search trees"),
     "ppm": ("mathforge.ppm", "process preference model with TRL's RewardTrainer (accelerate-launchable)"),
+    "rl": ("mathforge.rl", "stage-2 GRPO/RLOO with TRL: executor-in-the-loop rollouts, reward registry"),
+    "evolve": ("mathforge.evolve", "all rounds of self-evolution, then RL, resumable, with a report"),
+    "push": ("mathforge.push", "publish a policy, PPM or search datasets to the Hub with cards (--dry_run)"),
 }
 
 

@@ -157,10 +157,11 @@ def train_eval_sets(args: PPMScriptArguments):
     elif args.eval_fraction > 0:
         key = "id" if "id" in train_set.column_names else "prompt"
         held = [_held_out(str(k), args.eval_fraction) for k in train_set[key]]
-        eval_set = train_set.select([i for i, h in enumerate(held) if h])
-        train_set = train_set.select([i for i, h in enumerate(held) if not h])
-        if len(eval_set) == 0 or len(train_set) == 0:
-            eval_set = None  # too few problems to hold any out
+        if all(held) or not any(held):  # too few problems to split: train on all, no held-out metric
+            eval_set = None
+        else:
+            eval_set = train_set.select([i for i, h in enumerate(held) if h])
+            train_set = train_set.select([i for i, h in enumerate(held) if not h])
     else:
         eval_set = None
     if args.max_train_samples is not None:

@@ -83,10 +83,21 @@ def to_prompt_completion(dataset, args: SFTScriptArguments):
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder in output_dir (what a restarted run resumes from)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder in output_dir (what a restarted run resumes from).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    The Trainer writes `trainer_state.json` last, so a checkpoint without it was cut off by a kill
+    mid-save and is passed over for the one before it."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = [
+        (int(name.split("-")[1]), os.path.join(output_dir, name))
+        for name in os.listdir(output_dir)
+        if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
+    ]
+    for _, path in sorted(found, reverse=True):
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+    return None
 
 
 def _end_of_turn_token(tokenizer) -> str | None:

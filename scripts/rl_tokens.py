@@ -1,0 +1,108 @@
+"""Stage 2 on the toy task: greedy accuracy and mean completion tokens before and after a short GRPO run.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/rl_tokens.py [--policy runs/tiny/sft] [--n 200]
+
+1. ``mathforge eval`` of the stage-1 policy ``--policy``, greedy, executor in the loop, on the first
+   ``--n`` held-out toy problems (the test split, disjoint from training by construction);
+2. ``mathforge rl --config recipes/tiny/rl/config_toy.yaml`` from that policy (skipped when its output
+   folder already holds a model; extra overrides after ``--``, e.g. ``-- --max_steps 20``);
+3. the same evaluation of the RL policy.
+
+Mean tokens are the tokens the model generated per solution (the executor's outputs are not counted).
+Goal (the issue's toy result): tokens cut by >= 30% with accuracy within 1 point of stage 1, or higher.
+Each stage runs as its own process; everything lands in ``--output_dir`` and ``summary.json``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module: str, args: list[str], log: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    with open(log, "w") as out:
+        code = subprocess.call(
+            [sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    if code:
+        tail = log.read_text().splitlines()[-20:]
+        sys.exit(f"{module} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def evaluate(model: Path, data: Path, out: Path, n: int, backend: str) -> dict:
+    if not (out / "results.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        args = [
+            "--model_name_or_path", str(model), "--dataset_name", str(data), "--dataset_split", "test",
+            "--max_problems", str(n), "--output_dir", str(out), "--backend", backend, "--temperature", "0",
+            "--max_new_tokens", "256", "--progress", "false",
+        ]  # fmt: skip
+        run("mathforge.evaluate", args, out.parent / f"{out.name}.log")
+    results = json.loads((out / "results.json").read_text())
+    return {
+        "accuracy": results["accuracy"],
+        "mean_tokens": results["mean_tokens"],
+        "problems": results["problems"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", default="runs/tiny/sft", help="the stage-1 policy")
+    parser.add_argument("--data", default="runs/tiny/toy", help="toy data folder (train and test splits)")
+    parser.add_argument("--config", default=str(REPO / "recipes/tiny/rl/config_toy.yaml"))
+    parser.add_argument("--output_dir", default="runs/tiny/rl_tokens")
+    parser.add_argument("--n", type=int, default=200, help="held-out problems (>= 200 for the real figure)")
+    parser.add_argument("--backend", default="vllm", choices=["vllm", "transformers"], help="for evaluation")
+    args, rl_overrides = parser.parse_known_args()
+    rl_overrides = [a for a in rl_overrides if a != "--"]
+
+    policy, data, out = Path(args.policy), Path(args.data), Path(args.output_dir)
+    if not (policy / "config.json").exists():
+        sys.exit(f"no stage-1 policy in {policy}: run `make demo` or `mathforge sft` first")
+    out.mkdir(parents=True, exist_ok=True)
+    before = evaluate(policy, data, out / "eval_before", args.n, args.backend)
+    print(f"stage 1: accuracy {before['accuracy']:.1f}%, mean tokens {before['mean_tokens']:.1f}", flush=True)
+
+    rl_dir = out / "rl"
+    if not (rl_dir / "model.safetensors").exists():
+        rl_args = [
+            "--config", args.config, "--model_name_or_path", str(policy), "--dataset_name", str(data),
+            "--output_dir", str(rl_dir), "--disable_tqdm", "true", *rl_overrides,
+        ]  # fmt: skip
+        run("mathforge.rl", rl_args, out / "rl.log")
+    after = evaluate(rl_dir, data, out / "eval_after", args.n, args.backend)
+
+    cut = 100 * (1 - after["mean_tokens"] / before["mean_tokens"])
+    delta = after["accuracy"] - before["accuracy"]
+    ok = cut >= 30 and delta >= -1
+    summary = {
+        "before": before,
+        "after": after,
+        "token_cut_percent": cut,
+        "accuracy_change_points": delta,
+        "goal_met": ok,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"{'':10}{'accuracy':>10}{'mean tokens':>14}   ({before['problems']} held-out toy problems, greedy)"
+    )
+    print(f"{'stage 1':10}{before['accuracy']:>9.1f}%{before['mean_tokens']:>14.1f}")
+    print(f"{'after RL':10}{after['accuracy']:>9.1f}%{after['mean_tokens']:>14.1f}")
+    print(
+        f"tokens {-cut:+.1f}%, accuracy {delta:+.1f} points: goal (>= 30% fewer tokens, accuracy >= -1 point) "
+        f"{'met' if ok else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

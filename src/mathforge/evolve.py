@@ -1,0 +1,690 @@
+"""`mathforge evolve`: the whole recipe as one resumable command (rStar-Math self-evolution + stage-2 RL).
+
+    mathforge evolve --config recipes/tiny/evolve.yaml [--name other --runs_dir runs ...]
+
+**Steps.** Round 0 builds what the run starts from (a tiny model and the toy task, when asked) and
+bootstraps the policy by SFT on teacher solutions; rounds 1..R each search with the current policy (and,
+from round 2, the previous round's PPM), extract SFT data and preference pairs from the trees, fine-tune
+a new policy, train its PPM and evaluate (greedy, and search with the PPM); then stage 2 runs RL on the
+last policy and evaluates it again. Every step runs the same code as the stand-alone command
+(`mathforge sft`, `search`, `extract`, `ppm`, `eval`, `rl`): it is given a recipe, the stage's own recipe
+file merged with the run's overrides, written as ``step_recipe.yaml`` into the step's folder
+``runs/<name>/round_<k>/<step>/`` (stage 2: ``runs/<name>/rl/<step>/``) with the exact command in
+``step_command.sh``, so any step can be re-run by hand. A stage with an accelerate config is launched
+with ``accelerate launch --config_file X -m mathforge.<stage>``; the stages listed in ``subprocess`` run
+in their own Python process (``[all]`` on GPUs, where a vLLM engine keeps its memory until its process
+ends); the others run in this process. Each step's output goes to ``step.log`` in its folder.
+
+**Resuming.** A step is finished when its real outputs exist (a trainer's ``model.safetensors`` and
+recipe, trees for every problem, extraction's ``stats.json``, an evaluation's ``results.json``), not
+because a flag says so; a re-run skips finished steps and re-runs the others, which resume themselves
+(trainers from their last checkpoint, search from the trees already written).
+
+**Report.** ``runs/<name>/report.md`` (+ ``report.json``, ``rounds.png``, ``rl.png``) is rebuilt from
+the step outputs after every run: one row per round, then RL before/after, then which of the
+expected improvements did and did not happen.
+
+**Errors.** A bad config (no model, unknown stage or key, missing recipe) or a round that produced no
+data stops the run with one line naming the round and the step; finished steps stay finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import importlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mathforge.config import load_yaml, save_yaml
+from mathforge.errors import UserError
+
+# stage -> module run with `--config step_recipe.yaml`
+MODULES = {
+    "tiny_model": "mathforge.tiny_model",
+    "toy_data": "mathforge.data.toy",
+    "sft": "mathforge.sft",
+    "search": "mathforge.search.mcts",
+    "extract": "mathforge.search.extract",
+    "ppm": "mathforge.ppm",
+    "eval": "mathforge.evaluate",
+    "rl": "mathforge.rl",
+}
+CLI_NAMES = {"tiny_model": "tiny-model", "toy_data": "data toy"}  # `mathforge <name>` where not the stage
+TRAINERS = ("sft", "ppm", "rl")  # the stages accelerate can launch
+ROUND_KEYS = ("num_rollouts", "num_candidates", "max_problems", "search", "extract", "sft", "ppm", "eval")
+STRUCTURED = ("tiny_model", "toy_data", "rounds", "overrides", "accelerate", "bootstrap", "eval_search")
+
+
+@dataclass
+class EvolveConfig:
+    """The run: what it starts from, the rounds, the stage recipes and how each stage is launched.
+
+    Mapping and list fields are set in the YAML (or on the command line as a YAML/JSON value, e.g.
+    ``--tiny_model '{size: micro}'``). In string values of ``overrides``, ``rounds``, ``bootstrap`` and
+    ``eval_search``, ``{run}`` is the run folder, ``{data}`` the toy data folder, ``{base_model}`` the
+    base model, ``{policy}`` the step's input policy and ``{ppm}`` the newest PPM.
+    """
+
+    name: str = field(default="tiny", metadata={"help": "Run name: everything goes to <runs_dir>/<name>/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of the run."})
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Base model (Hub id or folder). None: build one from tiny_model."},
+    )
+    tiny_model: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Options of `mathforge tiny-model` (size, seed, ...) to build the base model in "
+            "round_0/base_model when base_model is None."
+        },
+    )
+    toy_data: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Options of `mathforge data toy` (n_train, n_test, seed, levels, ...): the toy task is "
+            "written to round_0/toy and is the default for every dataset below. None: no toy data."
+        },
+    )
+    bootstrap_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher solutions (problem + solution) for the round-0 SFT. None: the toy data's "
+            "train split if toy_data is set, else no round-0 SFT (round 1 searches with base_model)."
+        },
+    )
+    problems_dataset: str | None = field(
+        default=None, metadata={"help": "Problems searched each round (default: the toy data)."}
+    )
+    problems_split: str = field(default="train", metadata={"help": "Split of problems_dataset."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Held-out problems for every evaluation (default: the toy data); None and no "
+                  "toy data: the eval recipe's own problem sets."},
+    )  # fmt: skip
+    eval_split: str = field(default="test", metadata={"help": "Split of eval_dataset."})
+    eval_problems: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N problems only (None: all)."}
+    )
+    rounds: list[dict] = field(
+        default_factory=list,
+        metadata={
+            "help": f"One mapping per self-evolution round, keys from {', '.join(ROUND_KEYS)}: search shape "
+            "and per-stage overrides for that round."
+        },
+    )
+    sft_recipe: str | None = field(default=None, metadata={"help": "Recipe YAML of every SFT step."})
+    search_recipe: str | None = field(default=None, metadata={"help": "Recipe YAML of every search step."})
+    ppm_recipe: str | None = field(default=None, metadata={"help": "Recipe YAML of every PPM step."})
+    eval_recipe: str | None = field(default=None, metadata={"help": "Recipe YAML of every evaluation."})
+    rl_recipe: str | None = field(
+        default=None, metadata={"help": "Recipe YAML of stage-2 RL. None: no stage 2."}
+    )
+    overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "stage -> {key: value} applied to that stage's recipe in every round."},
+    )
+    bootstrap: dict = field(
+        default_factory=dict, metadata={"help": "Overrides of the round-0 SFT (e.g. more steps)."}
+    )
+    eval_search: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Overrides of the search evaluation run after greedy in rounds with a PPM (e.g. "
+            "{search: best_of_n, search_n: 8, temperature: 0.7}). None: greedy evaluation only."
+        },
+    )
+    sft_init: str = field(
+        default="base",
+        metadata={
+            "help": "What each round's SFT starts from: base (the base model, as rStar-Math) or previous "
+            "(the previous round's policy)."
+        },
+    )
+    accelerate: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": f"stage -> accelerate config file, for {', '.join(TRAINERS)}: launched with accelerate."
+        },
+    )
+    subprocess: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Stages run in their own Python process (`python -m mathforge.<stage>`), e.g. [search, eval] "
+            "so that each vLLM engine is freed with its process; [all] on GPUs. Others run in this process."
+        },
+    )
+    log_to_console: bool = field(
+        default=False, metadata={"help": "Show the stages' output instead of writing it to step.log only."}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Added to the search seed of each round (round k: seed+k)."}
+    )
+
+    def __post_init__(self):
+        if self.sft_init not in ("base", "previous"):
+            raise ValueError(f"sft_init must be base or previous, not {self.sft_init!r}")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a folder name, not {self.name!r}")
+
+
+# --- one step ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One stage run of the plan: its folder, its recipe, and how to tell it is finished."""
+
+    where: str  # "round 1" or "stage 2"
+    name: str  # folder name: sft, search, extract, ppm, eval_greedy, ...
+    stage: str  # key of MODULES
+    out: Path
+    recipe: dict
+    done: Callable[[], bool]
+    check: Callable[[], None] | None = None  # after the step: stop if it produced nothing usable
+
+    @property
+    def label(self) -> str:
+        return f"{self.where}, step {self.name}"
+
+
+def _has(folder: Path, *names: str) -> Callable[[], bool]:
+    return lambda: all((folder / n).is_file() for n in names)
+
+
+def _subst(value, paths: dict[str, str]):
+    """Replace the {run}/{data}/... placeholders in the strings of an override value."""
+    if isinstance(value, str):
+        for key, path in paths.items():
+            value = value.replace(key, path)
+        return value
+    if isinstance(value, list):
+        return [_subst(v, paths) for v in value]
+    if isinstance(value, dict):
+        return {k: _subst(v, paths) for k, v in value.items()}
+    return value
+
+
+def _problem_ids(dataset: str, split: str, max_problems: int | None) -> set[str]:
+    from mathforge.data.loading import load_problems
+
+    return {str(i) for i in load_problems(dataset, split, max_problems=max_problems)["id"]}
+
+
+def _trees_cover(trees: Path, recipe: dict) -> Callable[[], bool]:
+    """Search is finished when the tree file holds a tree for every problem of the step's problem set."""
+
+    def done() -> bool:
+        if not trees.is_file():
+            return False
+        from mathforge.search.mcts import read_trees
+
+        have = {str(t["id"]) for t in read_trees(trees)}
+        want = _problem_ids(
+            recipe["dataset_name"], recipe.get("dataset_split", "train"), recipe.get("max_problems")
+        )
+        return want <= have
+
+    return done
+
+
+class Plan:
+    """Every step of a run, in order, from the config (nothing runs while planning)."""
+
+    def __init__(self, config: EvolveConfig):
+        self.config = config
+        self.run_dir = Path(config.runs_dir) / config.name
+        self.steps: list[Step] = []
+        self._recipes: dict[str, dict] = {}
+        self._check_config()
+        self._build()
+
+    # -- config checks that need no stage to run
+    def _check_config(self) -> None:
+        c = self.config
+        for field_name in ("overrides", "accelerate", "subprocess"):
+            for stage in getattr(c, field_name):
+                allowed = {"accelerate": TRAINERS, "subprocess": (*MODULES, "all")}.get(
+                    field_name, tuple(MODULES)
+                )
+                if stage not in allowed:
+                    raise UserError(
+                        f"unknown stage '{stage}' in {field_name} (choose from: {', '.join(allowed)})"
+                    )
+        for stage, path in c.accelerate.items():
+            if not Path(path).is_file():
+                raise UserError(f"accelerate config for {stage} not found: {path}")
+        if c.base_model is None and c.tiny_model is None:
+            raise UserError(
+                "round 0, step base_model: no model: set base_model (Hub id or folder) or tiny_model"
+            )
+        if (
+            c.base_model
+            and c.base_model.startswith((".", "/", "~"))
+            and not Path(c.base_model).expanduser().exists()
+        ):
+            raise UserError(f"round 0, step base_model: model folder not found: {c.base_model}")
+        if not c.rounds and c.rl_recipe is None and self._bootstrap_data() is None:
+            raise UserError("nothing to do: no bootstrap data, no rounds and no rl_recipe")
+        for k, r in enumerate(c.rounds, start=1):
+            if not isinstance(r, dict):
+                raise UserError(f"round {k}: must be a mapping of {', '.join(ROUND_KEYS)}, not {r!r}")
+            for key in r:
+                if key not in ROUND_KEYS:
+                    raise UserError(f"round {k}: unknown key '{key}' (choose from: {', '.join(ROUND_KEYS)})")
+        for stage in ("sft", "search", "ppm", "eval", "rl"):
+            path = getattr(c, f"{stage}_recipe")
+            if path is not None:
+                self._recipes[stage] = load_yaml(path)  # a missing or malformed file: one line
+            elif stage in ("sft", "search", "ppm") and c.rounds:
+                raise UserError(f"round 1, step {stage}: no {stage}_recipe in the config")
+
+    def _data_dir(self) -> str | None:
+        return str(self.run_dir / "round_0" / "toy") if self.config.toy_data is not None else None
+
+    def _bootstrap_data(self) -> str | None:
+        return self.config.bootstrap_dataset or self._data_dir()
+
+    def _paths(self, policy: str = "", ppm: str = "") -> dict[str, str]:
+        return {
+            "{run}": str(self.run_dir),
+            "{data}": self._data_dir() or "",
+            "{base_model}": self.base_model,
+            "{policy}": policy,
+            "{ppm}": ppm,
+        }
+
+    def _recipe(self, stage: str, wired: dict, outputs: dict, *extra: dict | None, paths: dict) -> dict:
+        """recipe file < wired inputs < overrides (every round, then this round's) < output paths."""
+        recipe = dict(self._recipes.get(stage, {}))
+        recipe.update(wired)
+        for more in (self.config.overrides.get(stage), *extra):
+            recipe.update(_subst(more or {}, paths))
+        recipe.update(outputs)  # never overridden: the done checks look there
+        return recipe
+
+    def _add(self, where: str, name: str, stage: str, recipe: dict, done=None, check=None) -> Step:
+        out = self.run_dir / where.replace("round ", "round_").replace("stage 2", "rl") / name
+        step = Step(where, name, stage, out, recipe, done or (lambda: False), check)
+        self.steps.append(step)
+        return step
+
+    # -- the steps
+    def _build(self) -> None:
+        c = self.config
+        r0 = self.run_dir / "round_0"
+        self.base_model = c.base_model or str(r0 / "base_model")
+        if c.base_model is None:
+            recipe = {**c.tiny_model, "output": self.base_model, "overwrite": True}
+            self._add(
+                "round 0",
+                "base_model",
+                "tiny_model",
+                recipe,
+                _has(r0 / "base_model", "config.json", "model.safetensors"),
+            )
+        data = self._data_dir()
+        if data is not None:
+            self._add(
+                "round 0",
+                "toy",
+                "toy_data",
+                {**c.toy_data, "output_dir": data},
+                _has(Path(data), "meta.json"),
+            )
+        problems = c.problems_dataset or data
+        eval_data = c.eval_dataset or data
+        if c.rounds and problems is None:
+            raise UserError("round 1, step search: no problems: set problems_dataset or toy_data")
+
+        policy, ppm = self.base_model, ""
+        bootstrap = self._bootstrap_data()
+        if bootstrap is not None:
+            policy = self._sft("round 0", self.base_model, bootstrap, c.bootstrap, "")
+        self._eval("round 0", policy, "", eval_data, None)
+
+        for k, rnd in enumerate(c.rounds, start=1):
+            where, rdir = f"round {k}", self.run_dir / f"round_{k}"
+            paths = self._paths(policy, ppm)
+            shape = {
+                key: rnd[key] for key in ("num_rollouts", "num_candidates", "max_problems") if key in rnd
+            }
+            wired = {
+                "model_name_or_path": policy,
+                "ppm_path": ppm or None,  # round 1: terminal rewards only
+                "dataset_name": problems,
+                "dataset_split": c.problems_split,
+                "seed": c.seed + k,
+            }
+            trees = rdir / "search" / "trees.jsonl"
+            search = self._recipe(
+                "search", wired, {"output_file": str(trees)}, shape, rnd.get("search"), paths=paths
+            )
+            self._add(where, "search", "search", search, _trees_cover(trees, search))
+            extract_out = rdir / "extract"
+            recipe = self._recipe(
+                "extract", {"model_name_or_path": policy}, {"trees": [str(trees)], "output_dir": str(extract_out)},
+                rnd.get("extract"), paths=paths,
+            )  # fmt: skip
+            self._add(where, "extract", "extract", recipe, _has(extract_out, "stats.json", "sft/train.jsonl", "pairs/train.jsonl"),
+                      check=self._data_check(where, extract_out))  # fmt: skip
+            start = self.base_model if c.sft_init == "base" else policy
+            policy = self._sft(where, start, str(extract_out / "sft"), rnd.get("sft"), ppm)
+            ppm_out = rdir / "ppm"
+            recipe = self._recipe(
+                "ppm", {"model_name_or_path": policy, "dataset_name": str(extract_out / "pairs")},
+                {"output_dir": str(ppm_out)}, rnd.get("ppm"), paths=self._paths(policy, ppm),
+            )  # fmt: skip
+            self._add(where, "ppm", "ppm", recipe, _has(ppm_out, "model.safetensors", "ppm_metrics.json"))
+            ppm = str(ppm_out)
+            self._eval(where, policy, ppm, eval_data, rnd.get("eval"))
+
+        if c.rl_recipe is not None:
+            paths = self._paths(policy, ppm)
+            rl_out = self.run_dir / "rl" / "train"
+            recipe = self._recipe(
+                "rl", {"model_name_or_path": policy}, {"output_dir": str(rl_out)}, paths=paths
+            )
+            self._add("stage 2", "train", "rl", recipe, _has(rl_out, "model.safetensors"))
+            self._eval("stage 2", str(rl_out), ppm, eval_data, None, search=False)
+
+    def _sft(self, where: str, start: str, dataset: str, extra: dict | None, ppm: str) -> str:
+        out = self.run_dir / where.replace("round ", "round_") / "sft"
+        recipe = self._recipe(
+            "sft", {"model_name_or_path": start, "dataset_name": dataset}, {"output_dir": str(out)}, extra,
+            paths=self._paths(start, ppm),
+        )  # fmt: skip
+        self._add(where, "sft", "sft", recipe, _has(out, "model.safetensors", "recipe.yaml"))
+        return str(out)
+
+    def _eval(self, where: str, policy: str, ppm: str, dataset: str | None, extra: dict | None, search=True):
+        if self.config.eval_recipe is None:
+            return
+        folder = self.run_dir / where.replace("round ", "round_").replace("stage 2", "rl")
+        wired = {"model_name_or_path": policy}
+        if dataset is not None:
+            wired.update(dataset_name=dataset, dataset_split=self.config.eval_split, benchmarks=None)
+        if self.config.eval_problems is not None:
+            wired["max_problems"] = self.config.eval_problems
+        paths = self._paths(policy, ppm)
+        greedy = {"n": 1, "temperature": 0.0, "search": "none", "progress": False}
+        out = folder / "eval_greedy"
+        recipe = self._recipe("eval", wired, {"output_dir": str(out)}, greedy, extra, paths=paths)
+        self._add(where, "eval_greedy", "eval", recipe, _has(out, "results.json"))
+        if search and ppm and self.config.eval_search is not None:
+            out = folder / "eval_search"
+            wired_search = {**wired, "ppm_path": ppm, "n": 1, "progress": False}
+            recipe = self._recipe(
+                "eval", wired_search, {"output_dir": str(out)}, extra, self.config.eval_search, paths=paths
+            )
+            self._add(where, "eval_search", "eval", recipe, _has(out, "results.json"))
+
+    @staticmethod
+    def _data_check(where: str, extract_out: Path) -> Callable[[], None]:
+        def check() -> None:
+            stats = json.loads((extract_out / "stats.json").read_text())
+            if not stats.get("sft_rows"):
+                raise UserError(
+                    f"{where}, step extract: the search produced no data (coverage {stats.get('coverage', 0)}% of "
+                    f"{stats.get('problems', 0)} problems, no correct trajectory, so no SFT example); raise "
+                    "num_rollouts or the bootstrap SFT, or search easier problems"
+                )
+            if not stats.get("pairs"):
+                raise UserError(
+                    f"{where}, step extract: the search produced no preference pairs (coverage "
+                    f"{stats.get('coverage', 0)}%: no node with both a correct and a wrong leaf), so no PPM "
+                    "can be trained; raise num_rollouts or num_candidates"
+                )
+
+        return check
+
+    def validate(self) -> None:
+        """Check every step's recipe keys against its stage's options (imports the stage modules)."""
+        from mathforge.config import _known_keys
+
+        for step in self.steps:
+            types = stage_types(step.stage, step.recipe)
+            if types is None:  # a stage that is not installed here: it reports its own errors when run
+                continue
+            known = set(_known_keys(types)) | {"env"}
+            for key in step.recipe:
+                if key not in known:
+                    raise UserError(f"{step.label}: unknown key '{key}' for `mathforge {step.stage}`")
+
+
+# stage -> the option dataclasses its `main` parses ("module:name"), for checking step recipes up front
+OPTIONS = {
+    "tiny_model": ["mathforge.tiny_model:TinyModelConfig"],
+    "toy_data": ["mathforge.data.toy:ToyDataConfig"],
+    "sft": ["mathforge.sft:SFTScriptArguments", "trl:SFTConfig", "trl:ModelConfig"],
+    "search": ["mathforge.search.mcts:SearchConfig", "mathforge.data.loading:DataArguments"],
+    "extract": ["mathforge.search.extract:ExtractConfig"],
+    "ppm": ["mathforge.ppm:PPMScriptArguments", "trl:RewardConfig", "trl:ModelConfig"],
+    "eval": ["mathforge.evaluate:EvalConfig", "mathforge.data.loading:DataArguments"],
+    "rl": [
+        "mathforge.rl:RLScriptArguments",
+        "mathforge.rewards:RewardArguments",
+        "trl:GRPOConfig",
+        "trl:ModelConfig",
+    ],
+}
+
+
+def stage_types(stage: str, recipe: dict | None = None) -> list[type] | None:
+    """The option dataclasses of a stage, or None when they cannot be imported (the stage then reports
+    its own errors when it runs)."""
+    names = list(OPTIONS[stage])
+    if stage == "rl" and (recipe or {}).get("algorithm") == "rloo":
+        names[2] = "trl:RLOOConfig"
+    types = []
+    for name in names:
+        module, attr = name.split(":")
+        try:
+            types.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            return None
+    return types
+
+
+# --- running -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _output_to(log: Path, console: bool):
+    """Send this process's stdout and stderr (file descriptors: C libraries and subprocesses too) to `log`."""
+    if console:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def command(step: Step, config: EvolveConfig) -> list[str] | None:
+    """The command line of a step run in its own process, or None to run it in this one."""
+    recipe = str(step.out / "step_recipe.yaml")
+    module = MODULES[step.stage]
+    if step.stage in config.accelerate:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate[step.stage],
+                "-m", module, "--config", recipe]  # fmt: skip
+    if step.stage in config.subprocess or "all" in config.subprocess:
+        return [sys.executable, "-m", module, "--config", recipe]
+    return None
+
+
+def _die_with_parent() -> None:
+    """In a stage's process, before it starts: get SIGTERM when evolve dies, even of SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _last_error(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower() or "Error" in line.split(":")[0]]
+    return (errors or lines or ["no output"])[-1]
+
+
+def run_step(step: Step, config: EvolveConfig) -> None:
+    """Run one stage with its step recipe; any failure becomes a one-line UserError naming the step."""
+    step.out.mkdir(parents=True, exist_ok=True)
+    recipe_file, log = step.out / "step_recipe.yaml", step.out / "step.log"
+    save_yaml(step.recipe, recipe_file)
+    cmd = command(step, config)
+    shown = cmd or ["mathforge", *CLI_NAMES.get(step.stage, step.stage).split(), "--config", str(recipe_file)]
+    (step.out / "step_command.sh").write_text(shlex.join(shown) + "\n")
+    with open(log, "a") as f:
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(shown)}\n")
+    if cmd is not None:
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        with open(log, "ab") as f:
+            target = None if config.log_to_console else f
+            proc = subprocess.Popen(cmd, stdout=target, stderr=target, env=env, preexec_fn=_die_with_parent)
+            try:
+                rc = proc.wait()
+            except BaseException:  # Ctrl-C or SIGTERM: a stage left running would race the re-run
+                proc.terminate()
+                proc.wait()
+                raise
+        if rc != 0:
+            raise UserError(f"{step.label}: {_last_error(log)} (exit code {rc}; log: {log})")
+        return
+    try:
+        module = importlib.import_module(MODULES[step.stage])
+        with _output_to(log, config.log_to_console):
+            module.main(["--config", str(recipe_file)])
+    except UserError as err:
+        raise UserError(f"{step.label}: {err}") from None
+    except ImportError as err:
+        raise UserError(f"{step.label}: stage {step.stage} is not available ({err})") from None
+    except Exception as err:  # a crash in a stage: the traceback goes to its log, one line here
+        with open(log, "a") as f:
+            traceback.print_exc(file=f)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{step.label}: {type(err).__name__}: {first} (traceback in {log})") from None
+    finally:
+        gc.collect()  # a stage's models (and vLLM engine) are unreachable now: free them before the next
+
+
+def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
+    path = run_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[step.label] = round(timings.get(step.label, 0.0) + seconds, 1)  # a resumed step adds up
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run (or continue) every step of the plan, then write the report; returns report.json's content."""
+    from mathforge.evolve_report import write_report
+
+    plan = Plan(config)
+    plan.validate()
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(dataclasses.asdict(config), plan.run_dir / "evolve.yaml")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    for step in plan.steps:
+        if step.done():
+            echo(f"[evolve] {step.label}: done already ({step.out})")
+        else:
+            name = CLI_NAMES.get(step.stage, step.stage)
+            echo(f"[evolve] {step.label}: running `mathforge {name}` (log: {step.out / 'step.log'})")
+            t0 = time.perf_counter()
+            try:
+                run_step(step, config)
+            finally:
+                _record_time(plan.run_dir, step, time.perf_counter() - t0)
+            echo(f"[evolve] {step.label}: finished in {time.perf_counter() - t0:.0f}s")
+            if not step.done():
+                raise UserError(
+                    f"{step.label}: the stage ended without its outputs in {step.out} (see step.log)"
+                )
+        if step.check is not None:
+            step.check()
+    report = write_report(plan.run_dir, plan)
+    echo(
+        f"[evolve] finished in {(time.perf_counter() - started) / 60:.1f} min; report: {plan.run_dir / 'report.md'}"
+    )
+    return report
+
+
+def parse_args(argv: list[str] | None) -> EvolveConfig:
+    """`--config` + overrides; a mapping/list field's value on the command line is parsed as YAML."""
+    from mathforge.config import parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    structured: dict = {}
+    rest, i = [], 0
+    while i < len(argv):
+        key = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
+        if key in STRUCTURED and i + 1 < len(argv):
+            try:
+                structured[key] = yaml.safe_load(argv[i + 1])
+            except yaml.YAMLError:
+                raise UserError(f"--{key}: not a YAML/JSON value: {argv[i + 1]}") from None
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    (config,) = parse_config([EvolveConfig], rest, prog="mathforge evolve")
+    for key, value in structured.items():
+        setattr(config, key, value)
+    for name in ("overrides", "accelerate", "bootstrap"):
+        if not isinstance(getattr(config, name), dict):
+            raise UserError(f"{name} must be a mapping, not {getattr(config, name)!r}")
+    if not isinstance(config.rounds, list):
+        raise UserError(f"rounds must be a list of mappings, not {config.rounds!r}")
+    return config
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_step, which stops a stage's process first
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import threading
+
+    config = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        report = evolve(config)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print()
+    print(report["table"])
+    return report
+
+
+if __name__ == "__main__":
+    from mathforge.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:], "mathforge evolve"))

