@@ -1,10 +1,25 @@
-"""`mathforge tiny-model --output DIR`: a small random Qwen2 model + tokenizer, built locally in seconds.
+"""`mathforge tiny-model --output DIR`: a small Qwen2 model + tokenizer, built locally in seconds
+(plus ~3 min of synthetic copy pretraining for the default ``tiny`` size).
 
 No model can be downloaded in tests or on a CPU box, so the pipeline is exercised on a model built
 here: the Qwen2 architecture (`Qwen2ForCausalLM`) with seeded random weights, and a byte-level BPE
 tokenizer trained with `tokenizers` on the toy task's text (:func:`mathforge.data.toy.corpus`).
 The result loads with `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(DIR)` like any Hub
 model, so every stage treats it as a real one.
+
+Synthetic pretraining (``--pretrain_steps``, CLI default :data:`PRETRAIN_STEPS`: 1200 for ``tiny``):
+a real base model arrives able to copy what it has read (induction heads form early in pretraining),
+and the rStar-style pipeline relies on that: a solution copies the problem's numbers into code and
+the executor's output into the answer. A freshly initialised 1M-parameter model does not get there
+from a few thousand SFT examples: it learns the step format but writes random digits. So the
+builder stands in for pretraining with a short, cheap copy task, :func:`pretrain`: sequences of
+random tokens, a newline, the same tokens again, with the loss on the repeat. The only way to
+predict the repeat is an induction circuit (find where the current token occurred before, emit the
+token that followed it); the last third of the steps carry it over to toy-problem text (repeat a
+span, list the problem's numbers, look a number up by the word before it, ``Name value`` recall).
+Measured (recipes/tiny/sft/config_toy.yaml, 3000 toy problems): without it the round-0 SFT copies
+~21% of the digits of held-out teacher solutions (teacher-forced) after 600 steps and solves 2%
+greedily; with it ~92% of the digits and 45% greedily after 500 steps. ~2-4 min on 2 CPU cores.
 
 Tokenizer choices, as in Qwen2:
 * Qwen2's pre-tokenizer splits every digit into its own token before byte-level BPE, so a number is
@@ -37,6 +52,12 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+# CLI default of --pretrain_steps per size: micro (unit tests) and small (throughput benchmarks) need no
+# copying; `build()` defaults to 0 (random weights, seconds).
+PRETRAIN_STEPS = {"micro": 0, "tiny": 1200, "small": 0}
+PRETRAIN_RANDOM_SHARE = 2 / 3  # of the pretraining steps on random-token repeats only (see `pretrain`)
+PRETRAIN_TOY_SHARE = 0.8  # of the sequences of the later steps that are toy lookups (the rest: repeats)
 
 # hidden, layers, attention heads, key/value heads, MLP width
 SIZES = {
@@ -89,6 +110,18 @@ class TinyModelConfig:
     max_position_embeddings: int = field(
         default=2048, metadata={"help": "Longest sequence the model accepts."}
     )
+    pretrain_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Steps of synthetic copy pretraining (the stand-in for a real base model's "
+            "pretraining, see the module doc; 1200 steps: ~2-4 min on 2 CPU cores). 0: random weights. "
+            f"None: the size's default {PRETRAIN_STEPS}."
+        },
+    )
+    pretrain_batch_size: int = field(default=32, metadata={"help": "Sequences per pretraining step."})
+    pretrain_learning_rate: float = field(
+        default=3e-3, metadata={"help": "Peak learning rate of pretraining."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
 
     def __post_init__(self):
@@ -96,6 +129,10 @@ class TinyModelConfig:
             raise ValueError(f"unknown size {self.size!r} (choose from: {', '.join(SIZES)})")
         if self.vocab_size < 300:  # 256 bytes + special tokens + a few merges
             raise ValueError(f"vocab_size must be at least 300, got {self.vocab_size}")
+        if self.pretrain_steps is None:
+            self.pretrain_steps = PRETRAIN_STEPS[self.size]
+        if self.pretrain_steps < 0 or self.pretrain_batch_size < 1:
+            raise ValueError("pretrain_steps must be >= 0 and pretrain_batch_size >= 1")
 
 
 def train_tokenizer(
@@ -172,6 +209,144 @@ def build_model(tokenizer, size: str = "tiny", seed: int = 0, max_position_embed
     return model
 
 
+def _random_repeat(tokenizer, rng, max_len: int = 24) -> tuple[list[int], int]:
+    """Random ordinary tokens x1..xk (k in 2..max_len), a newline, x1..xk again; loss on the repeat."""
+    hi = tokenizer.vocab_size - 1  # the BPE vocab without the added step tags
+    xs = [rng.randint(3, hi) for _ in range(rng.randint(2, max_len))]  # 0-2: pad, <|im_start|>, <|im_end|>
+    newline = _ids(tokenizer, "\n")
+    return xs + newline + xs, len(xs) + len(newline)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _toy_task(tokenizer, rng, texts: list[tuple[str, str]]) -> tuple[list[int], int]:
+    """One of four lookups in toy-problem text (loss on what follows the prompt part):
+    a span of problem + teacher code repeated; the problem's numbers in order; ``word -> number`` for
+    words that precede a number in the problem; ``Name value, ...`` then ``Name ->`` its value."""
+    import re
+
+    problem, code = rng.choice(texts)
+    task = rng.randrange(4)
+    if task == 0:
+        ids = _ids(tokenizer, f"{problem}\n{code}")
+        k = rng.randint(4, 40)
+        i = rng.randint(0, max(0, len(ids) - k))
+        span = ids[i : i + k]
+        newline = _ids(tokenizer, "\n")
+        return span + newline + span, len(span) + len(newline)
+    if task == 1:
+        head = _ids(tokenizer, f"{problem}\nNumbers:")
+        return head + _ids(tokenizer, " " + " ".join(re.findall(r"\d+", problem)) + "\n"), len(head)
+    if task == 2:
+        pairs = re.findall(r"([A-Za-z]+)\W{0,2}(\d+)", problem)
+        rng.shuffle(pairs)
+        head = _ids(tokenizer, f"{problem}\n")
+        tail = "".join(f"{w} -> {n}\n" for w, n in pairs[:4]) or "none\n"
+        return head + _ids(tokenizer, tail), len(head)
+    from mathforge.data.toy import NAMES
+
+    names = rng.sample(NAMES, rng.randint(2, 8))
+    values = [str(rng.randint(0, 10 ** rng.randint(1, 5))) for _ in names]
+    i = rng.randrange(len(names))
+    head = _ids(tokenizer, ", ".join(f"{n} {v}" for n, v in zip(names, values)) + f"\n{names[i]} ->")
+    return head + _ids(tokenizer, f" {values[i]}\n"), len(head)
+
+
+def _toy_texts(n: int, seed: int) -> list[tuple[str, str]]:
+    """(problem, teacher code) of ``n`` toy problems of the train split (never the test split)."""
+    from mathforge.data.toy import FAMILIES, LEVELS, iter_plans
+
+    return [
+        (plan.text, "\n".join(codes))
+        for _, _, plan, codes, _ in iter_plans(n, "train", 10_000 + seed, LEVELS, FAMILIES)
+    ]
+
+
+def _copy_batch(tokenizer, rng, batch_size: int, texts) -> list[tuple[list[int], int]]:
+    """Random-token repeats only (``texts`` None), or mostly toy lookups (:data:`PRETRAIN_TOY_SHARE`)."""
+    return [
+        _toy_task(tokenizer, rng, texts)
+        if texts and rng.random() < PRETRAIN_TOY_SHARE
+        else _random_repeat(tokenizer, rng)
+        for _ in range(batch_size)
+    ]
+
+
+def _collate(seqs: list[tuple[list[int], int]], pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id)
+    labels = torch.full((len(seqs), width), -100)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (ids, start) in enumerate(seqs):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, start : len(ids)] = torch.tensor(ids[start:])
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, labels, attention_mask
+
+
+def pretrain(
+    model, tokenizer, steps: int, batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0, log=print
+) -> dict:
+    """Synthetic copy pretraining in place (module doc), AdamW.
+
+    The first :data:`PRETRAIN_RANDOM_SHARE` of the steps see random-token repeats only, at a constant
+    learning rate after a short warm-up: that is where the induction circuit forms (a sudden drop of
+    the loss after ~500 steps). The rest are mostly lookups in toy-problem text (:func:`_toy_task`),
+    which carry the circuit over to digits in context, with a cosine decay to 0.
+    Deterministic for a seed (and a thread count). Returns ``{"loss", "copy_accuracy", "seconds"}``,
+    the copy accuracy measured on held-out random-token repeats."""
+    import math
+    import random
+
+    import torch
+
+    start = time.perf_counter()
+    rng = random.Random(f"mathforge-pretrain:{seed}")
+    torch.manual_seed(seed)
+    pad = tokenizer.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = min(20, max(1, steps // 10))
+    random_steps = round(PRETRAIN_RANDOM_SHARE * steps)
+    texts = _toy_texts(2000, seed) if random_steps < steps else None
+    model.train()
+    loss_avg = None
+    for step in range(steps):
+        decay = max(0, step - random_steps) / max(1, steps - random_steps)
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * decay))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * scale
+        batch = _copy_batch(tokenizer, rng, batch_size, texts if step >= random_steps else None)
+        input_ids, labels, attention_mask = _collate(batch, pad)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+        if log and ((step + 1) % 100 == 0 or step + 1 == steps):
+            log(f"pretrain step {step + 1}/{steps}: copy loss {loss_avg:.3f}")
+    model.eval()
+    accuracy = copy_accuracy(model, tokenizer, random.Random(f"mathforge-pretrain-eval:{seed}"))
+    return {"loss": loss_avg, "copy_accuracy": accuracy, "seconds": time.perf_counter() - start}
+
+
+def copy_accuracy(model, tokenizer, rng, n: int = 64) -> float:
+    """Share of the repeated tokens of ``n`` held-out copy sequences predicted right (greedy, teacher-forced)."""
+    import torch
+
+    seqs = [_random_repeat(tokenizer, rng) for _ in range(n)]
+    input_ids, labels, attention_mask = _collate(seqs, tokenizer.pad_token_id)
+    with torch.no_grad():
+        pred = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    mask = target != -100
+    return ((pred == target) & mask).sum().item() / mask.sum().item()
+
+
 def build(
     output: str | os.PathLike,
     size: str = "tiny",
@@ -180,14 +355,25 @@ def build(
     corpus_size: int = 4000,
     max_position_embeddings: int = 2048,
     overwrite: bool = False,
+    pretrain_steps: int = 0,
+    pretrain_batch_size: int = 32,
+    pretrain_learning_rate: float = 3e-3,
 ) -> Path:
-    """Build and save the model + tokenizer to ``output`` (via a temp folder renamed into place)."""
+    """Build and save the model + tokenizer to ``output`` (via a temp folder renamed into place);
+    ``pretrain_steps`` > 0 runs :func:`pretrain` first (the CLI's default does, this function's not)."""
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"output {out} exists and is not empty; pass --overwrite true to replace it")
     start = time.perf_counter()
     tokenizer = train_tokenizer(vocab_size, corpus_size, seed, max_position_embeddings)
     model = build_model(tokenizer, size, seed, max_position_embeddings)
+    pretrained = ""
+    if pretrain_steps > 0:
+        stats = pretrain(model, tokenizer, pretrain_steps, pretrain_batch_size, pretrain_learning_rate, seed)
+        pretrained = (
+            f", copy-pretrained {pretrain_steps} steps in {stats['seconds']:.0f}s "
+            f"(held-out copy accuracy {stats['copy_accuracy']:.2f})"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -206,7 +392,7 @@ def build(
     megabytes = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(
         f"built {size} Qwen2 model in {out}: {model.num_parameters() / 1e6:.2f}M parameters, "
-        f"vocab {len(tokenizer)}, {megabytes:.1f} MB, {time.perf_counter() - start:.1f}s"
+        f"vocab {len(tokenizer)}, {megabytes:.1f} MB{pretrained}, {time.perf_counter() - start:.1f}s"
     )
     return out
 
@@ -223,6 +409,9 @@ def main(argv: list[str] | None = None) -> Path:
         config.corpus_size,
         config.max_position_embeddings,
         config.overwrite,
+        config.pretrain_steps,
+        config.pretrain_batch_size,
+        config.pretrain_learning_rate,
     )
 
 
