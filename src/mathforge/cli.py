@@ -15,7 +15,7 @@ from mathforge.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": (
         "mathforge.tiny_model",
-        "build a tiny random Qwen2 model + tokenizer for CPU runs and tests",
+        "build a tiny Qwen2 model + tokenizer (copy-pretrained) for CPU runs and tests",
     ),
     "data": ("mathforge.data.cli", "make datasets: `data toy` writes the synthetic toy task"),
     "sft": ("mathforge.sft", "supervised fine-tuning with TRL's SFTTrainer (accelerate-launchable)"),
