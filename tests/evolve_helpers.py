@@ -25,7 +25,7 @@ def micro_config(runs_dir: Path, name: str = "micro", **changes) -> dict:
         "tiny_model": {"size": "micro", "seed": 0},
         "toy_data": {"n_train": 8, "n_test": 8, "seed": 0, "levels": [1]},
         "eval_problems": 4,
-        "rounds": [{"num_rollouts": 8, "num_candidates": 3, "max_problems": 8}],
+        "rounds": [{"num_rollouts": 16, "num_candidates": 4, "max_problems": 8}],
         "sft_recipe": str(REPO / "recipes/tiny/sft/config_toy.yaml"),
         "search_recipe": str(REPO / "recipes/tiny/search/config_round1.yaml"),
         "ppm_recipe": str(REPO / "recipes/tiny/ppm/config_toy.yaml"),
@@ -33,7 +33,7 @@ def micro_config(runs_dir: Path, name: str = "micro", **changes) -> dict:
         "overrides": {
             "sft": {"max_steps": 10, "per_device_train_batch_size": 8, "save_steps": 5, "disable_tqdm": True},
             # batch_problems 2: trees finish (and are written) one pair at a time, so a kill lands mid-search
-            "search": {"backend": "transformers", "temperature": 0.8, "batch_problems": 2},
+            "search": {"backend": "transformers", "temperature": 1.0, "batch_problems": 2},
             # 0.3 holds out one of the two problems whose trees give pairs (hash-based). mathforge.ppm fails
             # when every problem is held out (it then has no training pair), hence not 0.5.
             "ppm": {

@@ -6,7 +6,6 @@ step counts; see evolve_helpers.py. Nothing is mocked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -273,7 +272,6 @@ def test_round_without_data_stops_and_keeps_earlier_steps(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("mathforge.rl") is None, reason="mathforge.rl not written yet")
 def test_stage_two_rl_and_its_report(run_root, tmp_path):
     """RL after the last round, launched through the evolve plan; the report gets its before/after table."""
     reference = finished_run(run_root)

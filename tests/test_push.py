@@ -123,7 +123,8 @@ def test_dataset_dry_run_folder_and_card(run, tmp_path):
     stats = json.loads((extract / "stats.json").read_text())
     assert f"| pairs | {stats['pairs']} |" in card.text
     # the folder loads as the Hub would serve it: configurations from the card's metadata
-    pairs = datasets.load_dataset(str(out), "pairs", split="train")
+    # own cache: the global one is keyed by path and may hold an earlier run's folder of the same name
+    pairs = datasets.load_dataset(str(out), "pairs", split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert len(pairs) == stats["pairs"] and {"prompt", "chosen", "rejected"} <= set(pairs.column_names)
 
 

@@ -64,6 +64,12 @@ def vote(answers: list[str | None], weights: list[float] | None = None, grader=N
     return max(groups, key=lambda g: (g[1], -g[0]))[0] if groups else None
 
 
+def _sample(prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors):
+    """N complete solutions per prompt, executor in the loop (shared by majority vote and best-of-N)."""
+    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    return rollout(prompts, generator, executor, sampling, max_steps, max_code_errors)
+
+
 def majority_vote(
     prompts: list[str],
     generator,
@@ -76,9 +82,11 @@ def majority_vote(
     max_code_errors: int = 2,
     grader=None,
 ) -> list[SearchAnswer]:
-    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     out = []
-    for group in rollout(prompts, generator, executor, sampling, max_steps, max_code_errors):
+    groups = _sample(
+        prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors
+    )
+    for group in groups:
         tokens = sum(t.num_tokens for t in group)
         groups = group_answers([t.answer for t in group], grader=grader)
         if not groups:
@@ -101,8 +109,9 @@ def best_of_n(
     max_steps: int = 16,
     max_code_errors: int = 2,
 ) -> list[SearchAnswer]:
-    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    groups = rollout(prompts, generator, executor, sampling, max_steps, max_code_errors)
+    groups = _sample(
+        prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors
+    )
     finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
     scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
     best: dict[int, tuple[float, object]] = {}
