@@ -1,9 +1,11 @@
 """Benchmark of batched MCTS (prints figures; not a test).
 
 MCTS on toy problems with every tree batched (``batch_problems`` = all of them: each search step sends
-the pending expansions of all trees in one generator call, one executor batch, one grading batch)
-against the same search one tree at a time (``batch_problems=1``). Figures: problems/s and nodes/s of
-each, their ratio (goal: >= 5x), generator calls per search step and prompts per call. The
+the pending expansions of all trees in one generator call, one executor batch, one grading batch),
+pipelined (the default: two halves take turns, one half's code runs while the other half samples) and
+in turn (``pipeline=False``), against the same search one tree at a time (``batch_problems=1``).
+Figures: problems/s and nodes/s of each, their ratios (goal: >= 5x), generator calls per search step
+and prompts per call. The
 one-at-a-time run covers fewer problems by default (it is the slow one); rates are per problem/node.
 
 Model: ``--model``, or a tiny model fine-tuned with ``mathforge sft`` for ``--sft_steps`` (150) steps,
@@ -19,11 +21,12 @@ Run: ``OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_search.py [--problems
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 from mathforge import steps
-from mathforge.executor import Executor
+from mathforge.executor import Executor, ExecutorConfig
 from mathforge.generation import load_generator
 from mathforge.grader import Grader
 from mathforge.search.mcts import SearchConfig, Tree, grade_answers, run_search
@@ -73,7 +76,15 @@ def search(rows, generator, executor, grader, config: SearchConfig) -> dict:
         for r in rows
     ]
     start = time.perf_counter()
-    stats = run_search(trees, counting, executor, grade_answers(grader), None, config.batch_problems)
+    stats = run_search(
+        trees,
+        counting,
+        executor,
+        grade_answers(grader),
+        None,
+        config.batch_problems,
+        pipeline=config.pipeline,
+    )
     seconds = time.perf_counter() - start
     return {
         "problems": stats.problems,
@@ -102,6 +113,9 @@ def main() -> None:
     parser.add_argument(
         "--gen_batch", type=int, default=64, help="transformers: sequences per generate batch"
     )
+    parser.add_argument(
+        "--exec_workers", type=int, help="steps the executor runs at once (default: 4 per CPU)"
+    )
     parser.add_argument("--gpu_memory_utilization", type=float, help="vllm: share of (GPU or host) memory")
     args = parser.parse_args()
 
@@ -117,23 +131,30 @@ def main() -> None:
     else:
         generator = load_generator("transformers", str(model), batch_size=args.gen_batch)
     shape = dict(num_rollouts=args.num_rollouts, num_candidates=args.num_candidates, max_depth=args.max_depth)
-    with Executor() as executor, Grader() as grader:
+    workers = args.exec_workers or 4 * (os.cpu_count() or 1)  # as `mathforge search` does
+    with Executor(ExecutorConfig(max_workers=workers)) as executor, Grader() as grader:
         search(rows[:2], generator, executor, grader, SearchConfig(**{**shape, "num_rollouts": 1}))  # warm up
-        batched = search(rows, generator, executor, grader, SearchConfig(**shape, batch_problems=len(rows)))
+        batch = len(rows)
+        pipelined = search(rows, generator, executor, grader, SearchConfig(**shape, batch_problems=batch))
+        batched = search(
+            rows, generator, executor, grader, SearchConfig(**shape, batch_problems=batch, pipeline=False)
+        )
         single = search(
             rows[: args.sequential], generator, executor, grader, SearchConfig(**shape, batch_problems=1)
         )
-    for name, r in (("all trees batched", batched), ("one tree at a time", single)):
+    runs = (("batched, pipelined", pipelined), ("batched, in turn", batched), ("one tree at a time", single))
+    for name, r in runs:
         print(
             f"{name:>18}: {r['problems']} problems in {r['seconds']:.1f} s: {r['problems_s']:.3f} problems/s, "
             f"{r['nodes_s']:.1f} nodes/s, coverage {r['coverage']:.1f}%; {r['steps']} search steps, "
             f"{r['calls']} generator calls ({r['calls'] / max(1, r['steps']):.2f} per step), "
             f"{r['prompts_per_call']:.1f} prompts per call"
         )
-    print(
-        f"speed-up of batching: {batched['problems_s'] / single['problems_s']:.1f}x problems/s, "
-        f"{batched['nodes_s'] / single['nodes_s']:.1f}x nodes/s (goal >= 5x)"
-    )
+    for name, r in runs[:2]:
+        print(
+            f"speed-up over one tree at a time, {name}: {r['problems_s'] / single['problems_s']:.1f}x problems/s, "
+            f"{r['nodes_s'] / single['nodes_s']:.1f}x nodes/s (goal >= 5x)"
+        )
 
 
 if __name__ == "__main__":

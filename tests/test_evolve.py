@@ -169,7 +169,17 @@ def test_rerun_of_a_finished_run_skips_every_step(run_root, capsys):
     capsys.readouterr()
     finished_run(run_root)
     out = capsys.readouterr().out
-    assert "running" not in out and out.count("done already") == 10
+    assert "running" not in out and out.count("done already") == 10 and "WARNING" not in out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == before
+    # a finished step whose recipe changed since is kept, with a warning naming it and the changed key
+    changed = micro_config(run_root / "runs")
+    changed["overrides"]["sft"]["learning_rate"] = 1.0e-5
+    evolve(parse_args(["--config", str(write_config(changed, run_root / "changed.yaml"))]))
+    out = capsys.readouterr().out
+    assert "running" not in out
+    for label in ("round 0, step sft", "round 1, step sft"):
+        assert f"WARNING: {label} was finished with a different recipe (changed: learning_rate)" in out
+    assert out.count("WARNING") == 2
     assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == before
 
 

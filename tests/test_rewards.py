@@ -90,6 +90,12 @@ def test_accuracy_grades_the_answer_block_and_skips_unparseable_gold():
     assert accuracy(completions=completions, answer=golds) == [1.0, 0.0, 0.0, 1.0, 1.0]
     # A gold with no parseable answer is None (skipped by TRL), never 1 -- not even for an empty prediction.
     assert accuracy(completions=["", "\\boxed{3}"], answer=["", "some\nlong text"]) == [None, None]
+    # Step-format rollouts pass how each trajectory ended: one cut off mid-step is wrong even when its
+    # broken last chunk holds a complete-looking answer block.
+    cut = STEP_SOLUTION.replace("</step>", "", 1)
+    ends = ["answer", "invalid"]
+    assert accuracy(completions=[STEP_SOLUTION, cut], answer=["42", "42"]) == [1.0, 1.0]
+    assert accuracy(completions=[STEP_SOLUTION, cut], answer=["42", "42"], rollout_end=ends) == [1.0, 0.0]
 
 
 def test_cosine_matches_hand_computed_values():

@@ -171,11 +171,12 @@ def test_step_rollout_masks_executor_tokens(tiny_model):
     )
     assert tok.decode(ids) == a.completion + "<|im_end|>" and a.end == "answer"
 
-    ids, mask = encoder.encode(b)  # the faked output block was never kept; no end-of-turn: not finished
-    assert (
-        b.end == "invalid"
-        and tok.decode(ids) == b.completion == "<step>\nprint(1)\n</step>\n<output>\n1\n</output>\n"
-    )
+    # the faked output block is not part of the solution, but it is the model's text: kept as written
+    # tokens (so the loss can push it down); no end-of-turn: not finished
+    ids, mask = encoder.encode(b)
+    assert b.end == "invalid" and b.completion == "<step>\nprint(1)\n</step>\n<output>\n1\n</output>\n"
+    assert b.tail == "<output>" and tok.decode(ids) == b.completion + "<output>"
+    assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "<step>\nprint(1)\n</step>\n<output>"
     assert encoder.encode(type(a)(prompt="p", end="invalid")) == ([encoder.pad_id], [0])
     short_ids, short_mask = StepRollout(RLScriptArguments(), tok, max_completion_length=5).encode(a)
     assert len(short_ids) == len(short_mask) == 5

@@ -92,7 +92,8 @@ def grader():
 
 @pytest.fixture(scope="module")
 def searched(policy, problems, generator, executor, grader, tmp_path_factory):
-    """A real round-1 search of the 6 problems, 4 at a time, through a call-counting generator."""
+    """A real round-1 search of the 6 problems, 4 at a time (pipelined: two halves of 2 taking turns),
+    through a call-counting generator."""
     out = tmp_path_factory.mktemp("search-out") / "trees.jsonl"
     counting = CountingGenerator(generator)
     config = SearchConfig(
@@ -139,7 +140,8 @@ def test_search_trees_are_consistent_and_batched(searched, problems, grader):
     # one generator call per search step, every pending expansion of every tree in it
     assert summary["calls_per_search_step"] == 1.0
     assert len(counting.calls) == summary["generator_calls"]
-    assert counting.calls[0] == 4 and max(counting.calls) <= 4
+    # pipelined (the default): two halves of 2 trees take turns, each half one call per search step
+    assert counting.calls[0] == counting.calls[1] == 2 and max(counting.calls) <= 2
     assert summary["nodes"] == sum(len(t["nodes"]) for t in trees) > 2 * len(counting.calls)
     # the memorized policy finds answers, and also fails in every way the format allows
     reasons = {n["terminal"] for t in trees for n in t["nodes"]}
@@ -148,8 +150,9 @@ def test_search_trees_are_consistent_and_batched(searched, problems, grader):
 
 
 def test_puct_with_a_scorer_sets_initial_values(problems, generator, executor, grader):
-    """PUCT with a PPM-like scorer (a fixed function of the text): every new non-terminal node gets its
-    score as v0, Q stays in [-1, 1], priors come from log-probs; generator calls = search steps."""
+    """PUCT with a PPM-like scorer (a fixed function of the text), not pipelined: every new non-terminal
+    node gets its score as v0, Q stays in [-1, 1], priors come from log-probs; generator calls = search
+    steps."""
     rows = [json.loads(line) for line in problems.read_text().splitlines()][:4]
     config = SearchConfig(num_rollouts=4, num_candidates=3, selection="puct", max_depth=5, batch_problems=4)
     trees = [

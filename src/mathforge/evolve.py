@@ -591,6 +591,16 @@ def run_step(step: Step, config: EvolveConfig) -> None:
         gc.collect()  # a stage's models (and vLLM engine) are unreachable now: free them before the next
 
 
+def _changed_keys(step: Step) -> list[str]:
+    """Keys whose value in the step's saved ``step_recipe.yaml`` differs from the recipe planned now."""
+    saved_file = step.out / "step_recipe.yaml"
+    if not saved_file.is_file():
+        return []
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    planned = yaml.safe_load(yaml.safe_dump(step.recipe))  # the same YAML round trip as the saved one
+    return sorted(k for k in set(saved) | set(planned) if saved.get(k) != planned.get(k))
+
+
 def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
     path = run_dir / "timings.json"
     timings = json.loads(path.read_text()) if path.is_file() else {}
@@ -613,6 +623,13 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
     for step in plan.steps:
         if step.done():
             echo(f"[evolve] {step.label}: done already ({step.out})")
+            changed = _changed_keys(step)
+            if changed:
+                echo(
+                    f"[evolve] WARNING: {step.label} was finished with a different recipe (changed: "
+                    f"{', '.join(changed)}); its outputs are kept. Delete {step.out} (and the steps after "
+                    "it) to run it again."
+                )
         else:
             name = CLI_NAMES.get(step.stage, step.stage)
             echo(f"[evolve] {step.label}: running `mathforge {name}` (log: {step.out / 'step.log'})")

@@ -270,7 +270,7 @@ class _Correctness:
         self.timeout = timeout
         self._grader = None
 
-    def __call__(self, completions, answer) -> list[bool | None]:
+    def __call__(self, completions, answer, rollout_end=None) -> list[bool | None]:
         from mathforge.grader import Grader
 
         if answer is None:
@@ -278,12 +278,17 @@ class _Correctness:
         if self._grader is None:
             self._grader = Grader(timeout=self.timeout, workers=1)
         texts = [graded_text(completion_text(c)) for c in completions]
+        if rollout_end is not None:  # step-format rollouts: only a trajectory that ended on an answer has one
+            # (a broken last chunk is kept in the completion and may hold a complete-looking <answer> block)
+            texts = [t if end == "answer" else "" for t, end in zip(texts, rollout_end)]
         return self._grader.grade_many(texts, [str(a) for a in answer])
 
 
 def make_accuracy(args: RewardArguments, grade: _Correctness, **_) -> Callable:
     def accuracy(completions, answer=None, **kwargs):
-        return [None if c is None else float(c) for c in grade(completions, answer)]
+        return [
+            None if c is None else float(c) for c in grade(completions, answer, kwargs.get("rollout_end"))
+        ]
 
     return _named("accuracy", accuracy)
 
@@ -306,7 +311,7 @@ def make_cosine(args: RewardArguments, grade: _Correctness, **_) -> Callable:
 
     def cosine(completions, completion_ids=None, answer=None, model_tokens=None, **kwargs):
         lens = lengths(completions, completion_ids, args.length_unit, model_tokens)
-        correct = grade(completions, answer)
+        correct = grade(completions, answer, kwargs.get("rollout_end"))
         return [None if c is None else cosine_scaled(c, n, *params) for c, n in zip(correct, lens)]
 
     return _named("cosine", cosine)
@@ -315,7 +320,7 @@ def make_cosine(args: RewardArguments, grade: _Correctness, **_) -> Callable:
 def make_kimi_length(args: RewardArguments, grade: _Correctness, **_) -> Callable:
     def kimi_length(prompts, completions, completion_ids=None, answer=None, model_tokens=None, **kwargs):
         lens = lengths(completions, completion_ids, args.length_unit, model_tokens)
-        correct = grade(completions, answer)
+        correct = grade(completions, answer, kwargs.get("rollout_end"))
         out: list[float | None] = [None] * len(completions)
         for rows in groups_of(prompts):
             for i, r in zip(rows, kimi_group([correct[i] for i in rows], [lens[i] for i in rows])):

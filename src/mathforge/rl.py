@@ -227,7 +227,8 @@ class StepRollout:
 
     TRL passes this process's prompt rows (each prompt repeated for its group); each row gets its own
     sampled trajectory. Returns ``prompt_ids``, ``completion_ids``, ``logprobs`` (None), ``env_mask`` (0 on
-    executor output tokens) and, for the rewards, ``model_tokens`` (tokens the model wrote),
+    executor output tokens; a broken last chunk stays in, as written tokens) and, for the rewards,
+    ``model_tokens`` (tokens the model wrote),
     ``prompt_text`` and ``rollout_end`` (how each trajectory ended).
     """
 
@@ -310,6 +311,9 @@ class StepRollout:
             segments += [(written, 1), (full[len(written) :], 0)]
         if trajectory.answer is not None:
             segments.append((steps.render_answer(trajectory.answer), 1))
+        # A broken last chunk (cut off, or a faked output block) is the model's own text: it stays in the
+        # sequence, as written tokens, so that its length counts and the loss pushes it down.
+        segments.append((trajectory.tail, 1))
         segments = [(text, m) for text, m in segments if text]
         ids: list[int] = []
         mask: list[int] = []

@@ -24,6 +24,9 @@ class Trajectory:
     num_tokens: int = 0
     end: str | None = None
     """None while running; then "answer", "max_steps", "code_errors", "invalid" or "length"."""
+    tail: str = ""
+    """The raw last chunk when it was not a complete block (end "invalid" or "length"): not part of the
+    solution, but the model wrote it, so RL scores and trains on it."""
     state: object = field(default=None, repr=False)
 
     @property
@@ -68,6 +71,7 @@ def rollout(
                 to_run.append(traj)
             else:
                 traj.end = "length" if chunk.finish_reason == "length" else "invalid"
+                traj.tail = chunk.text
         results = executor.run_many([(t.state, t.steps[-1].code) for t in to_run]) if to_run else []
         for traj, result in zip(to_run, results):
             traj.steps[-1].output, traj.steps[-1].error = result.stdout, result.error

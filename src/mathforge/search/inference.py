@@ -230,7 +230,15 @@ def mcts(
     """MCTS with the scorer as the only judge; ``config`` sets the search shape (rollouts, k, c, ...)."""
     config = config or SearchConfig(num_rollouts=16, num_candidates=4, selection="puct")
     trees = [Tree(str(i), prompt, config) for i, prompt in enumerate(prompts)]
-    run_search(trees, generator, executor, score_answers(scorer), scorer, config.batch_problems)
+    run_search(
+        trees,
+        generator,
+        executor,
+        score_answers(scorer),
+        scorer,
+        config.batch_problems,
+        pipeline=config.pipeline,
+    )
     out = []
     for tree in trees:
         leaves = [n for n in tree.nodes if n.kind == "answer"]

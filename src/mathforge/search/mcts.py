@@ -14,7 +14,9 @@ the sum of its children's N plus its own terminal visits, and the root's N is th
 *search step* advances every walk until it needs an expansion, then sends the pending expansions of
 all trees in ONE generator call, ONE ``executor.run_many`` (each step on its parent node's state)
 and one batch of answer evaluations (and one PPM call). A finished tree leaves and the next problem
-takes its place, so the batch stays full.
+takes its place, so the batch stays full. With ``pipeline`` (the default) the batch is two halves
+that take turns: one half's code runs in the executor's processes while the generator samples the
+other half's candidates, so that on a CPU neither waits for the other.
 
 **Children.** Sampled chunks with the same normalized text become one child (``count`` copies). The
 prior P is the softmax over the k samples' mean token log-probabilities, summed over merged copies
@@ -93,10 +95,24 @@ class SearchConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for candidates."})
     max_new_tokens: int = field(default=256, metadata={"help": "Token limit of one chunk."})
     batch_problems: int = field(default=64, metadata={"help": "Trees searched together."})
+    pipeline: bool = field(
+        default=True,
+        metadata={
+            "help": "Two halves of the batch take turns, so that one half's code runs in the executor "
+            "while the generator samples for the other (see run_search)."
+        },
+    )
     output_file: str | None = field(default=None, metadata={"help": "Tree JSONL file (appended; resumable)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and tie-breaking."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message (None: none)."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one code step."})
+    exec_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Code steps run at once. None: 4 per CPU (a step mostly waits on forks and sockets, "
+            "so more in flight than cores keeps the cores busy)."
+        },
+    )
 
     def __post_init__(self):
         if self.selection not in ("uct", "puct"):
@@ -298,10 +314,22 @@ def score_answers(scorer: Scorer) -> Callable:
     return evaluate
 
 
-def expand(
-    trees: list[Tree], generator, executor, evaluate_answers: Callable, scorer: Scorer | None = None
-) -> int:
-    """Expand the pending node of every tree: one generator call, one executor batch. Returns new nodes."""
+@dataclass
+class Expansion:
+    """The sampled children of the pending nodes of some trees, waiting for their code to run."""
+
+    trees: list[Tree]
+    to_run: list[tuple[Tree, Node, Node]]  # (tree, parent, child) of every step child
+    answers: list[tuple[Tree, Node]]
+    new_nodes: int
+
+    @property
+    def jobs(self) -> list[tuple[object, str]]:
+        return [(parent.state, child.text) for _, parent, child in self.to_run]
+
+
+def sample_children(trees: list[Tree], generator) -> Expansion:
+    """One generator call for the pending node of every tree; the samples become children."""
     config = trees[0].config
     sampling = SamplingConfig(
         n=config.num_candidates,
@@ -314,7 +342,7 @@ def expand(
     prompts = {id(t): t.text(t.pending) for t in trees}
     trees = sorted(trees, key=lambda t: len(prompts[id(t)]))  # similar lengths together: less padding
     outputs = generator.generate([prompts[id(t)] for t in trees], sampling)
-    to_run, to_score, answers, new = [], [], [], 0
+    to_run, answers, new = [], [], 0
     for tree, completions in zip(trees, outputs):
         parent = tree.nodes[tree.pending]
         tree.tokens += sum(c.num_tokens for c in completions)
@@ -327,8 +355,16 @@ def expand(
                 answers.append((tree, child))
             else:
                 to_run.append((tree, parent, child))
-    results = executor.run_many([(parent.state, child.text) for _, parent, child in to_run]) if to_run else []
-    for (tree, _, child), result in zip(to_run, results):
+    return Expansion(trees, to_run, answers, new)
+
+
+def finish_expansion(
+    expansion: Expansion, results: list, executor, evaluate_answers: Callable, scorer: Scorer | None = None
+) -> None:
+    """Attach the executor's results, end terminals, grade answers, score new nodes, free parent states."""
+    config = expansion.trees[0].config
+    to_score = []
+    for (tree, _, child), result in zip(expansion.to_run, results):
         child.output, child.error, child.state = result.stdout, result.error, result.state
         child.code_errors += 1 if result.error else 0
         if child.code_errors > config.max_code_errors or result.state is None:
@@ -342,18 +378,28 @@ def expand(
             if child.state is not None:  # a terminal is never continued
                 executor.release(child.state)
                 child.state = None
+    answers = expansion.answers
     for (_, child), (reward, reason) in zip(answers, evaluate_answers(answers) if answers else []):
         child.terminal, child.reward = reason, reward
     if scorer is not None and to_score:
         for (_, child), value in zip(to_score, scorer([tree.text(child.id) for tree, child in to_score])):
             child.value0 = max(-1.0, min(1.0, float(value)))
-    for tree in trees:
+    for tree in expansion.trees:
         parent = tree.nodes[tree.pending]
         if parent.state is not None:  # its children hold their own states now
             executor.release(parent.state)
             parent.state = None
         tree.pending = None
-    return new
+
+
+def expand(
+    trees: list[Tree], generator, executor, evaluate_answers: Callable, scorer: Scorer | None = None
+) -> int:
+    """Expand the pending node of every tree: one generator call, one executor batch. Returns new nodes."""
+    expansion = sample_children(trees, generator)
+    results = executor.run_many(expansion.jobs) if expansion.to_run else []
+    finish_expansion(expansion, results, executor, evaluate_answers, scorer)
+    return expansion.new_nodes
 
 
 @dataclass
@@ -379,21 +425,34 @@ def run_search(
     scorer: Scorer | None = None,
     batch_problems: int = 64,
     on_finish: Callable[[Tree], None] | None = None,
+    pipeline: bool = False,
 ) -> SearchStats:
-    """Search all trees, ``batch_problems`` at a time; ``on_finish`` gets each tree as it completes."""
+    """Search all trees, ``batch_problems`` at a time; ``on_finish`` gets each tree as it completes.
+
+    ``pipeline``: the trees in flight form two halves that take turns, so that one half's code runs in
+    the executor (its own processes) while the generator samples the other half's candidates: on a CPU
+    the two then share the cores instead of waiting for each other. Each half is one generator call
+    per search step. Only one thread ever uses the executor at a time."""
     stats, start = SearchStats(), time.perf_counter()
-    queue, active, exhausted = iter(trees), [], False
-    while True:
-        while not exhausted and len(active) < batch_problems:
-            tree = next(queue, None)
-            exhausted = tree is None
-            if tree is not None:
-                active.append(tree)
-        for tree in active:
-            tree.advance()
-        finished = [t for t in active if t.done]
-        if finished:  # refill before expanding, so that every generator call is as full as it can be
-            active = [t for t in active if not t.done]
+    queue, exhausted = iter(trees), [False]
+    halves = 2 if pipeline and batch_problems > 1 else 1
+    sizes = [batch_problems // halves + (1 if i < batch_problems % halves else 0) for i in range(halves)]
+    groups: list[list[Tree]] = [[] for _ in range(halves)]
+
+    def refill(g: int) -> None:
+        """Advance the group's walks; finished trees leave and new problems take their places."""
+        while True:
+            while not exhausted[0] and len(groups[g]) < sizes[g]:
+                tree = next(queue, None)
+                exhausted[0] = tree is None
+                if tree is not None:
+                    groups[g].append(tree)
+            for tree in groups[g]:
+                tree.advance()
+            finished = [t for t in groups[g] if t.done]
+            if not finished:  # refill before expanding, so that every generator call is as full as it can be
+                return
+            groups[g] = [t for t in groups[g] if not t.done]
             for tree in finished:
                 tree.release_states(executor)
                 stats.problems += 1
@@ -403,12 +462,42 @@ def run_search(
                 stats.seconds = time.perf_counter() - start
                 if on_finish is not None:
                     on_finish(tree)
-            continue
-        if not active:
-            break
-        expand(active, generator, executor, evaluate_answers, scorer)
+
+    def sample(g: int) -> Expansion | None:
+        if not groups[g]:
+            return None
         stats.generator_calls += 1
         stats.search_steps += 1
+        return sample_children(groups[g], generator)
+
+    if halves == 1:
+        while True:
+            refill(0)
+            expansion = sample(0)
+            if expansion is None:
+                break
+            results = executor.run_many(expansion.jobs) if expansion.to_run else []
+            finish_expansion(expansion, results, executor, evaluate_answers, scorer)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        for g in range(halves):
+            refill(g)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-exec") as pool:
+            in_flight = None  # (group, expansion, future): code running while the other group samples
+            g = 0
+            while True:
+                expansion = sample(g)  # the generator works while the executor runs the other group's code
+                if in_flight is not None:
+                    h, other, future = in_flight
+                    finish_expansion(other, future.result(), executor, evaluate_answers, scorer)
+                    refill(h)  # the executor is idle here: releasing states is safe
+                in_flight = None
+                if expansion is not None:
+                    in_flight = (g, expansion, pool.submit(executor.run_many, expansion.jobs))
+                elif not any(groups):
+                    break
+                g = 1 - g
     stats.seconds = time.perf_counter() - start
     return stats
 
@@ -513,7 +602,10 @@ def search(
     own_executor = executor is None
     if own_executor:
         live = min(1024, max(64, config.batch_problems * config.num_candidates))
-        executor = Executor(ExecutorConfig(timeout_s=config.exec_timeout_s, max_states=live))
+        workers = config.exec_workers or 4 * (os.cpu_count() or 1)
+        executor = Executor(
+            ExecutorConfig(timeout_s=config.exec_timeout_s, max_states=live, max_workers=workers)
+        )
     own_grader = grader is None
     grader = grader or Grader()
     bar = tqdm(total=len(todo), desc="search", unit="problem", disable=not progress)
@@ -536,7 +628,14 @@ def search(
 
     try:
         stats = run_search(
-            trees(), generator, executor, grade_answers(grader), scorer, config.batch_problems, on_finish
+            trees(),
+            generator,
+            executor,
+            grade_answers(grader),
+            scorer,
+            config.batch_problems,
+            on_finish,
+            pipeline=config.pipeline,
         )
     finally:
         bar.close()
