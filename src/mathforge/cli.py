@@ -7,6 +7,7 @@ Every stage can equally be run as `python -m mathforge.<module>` or, for trainer
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from mathforge.errors import UserError
@@ -37,8 +38,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def die_with_parent() -> None:
+    """Get SIGTERM when the parent process dies, even of SIGKILL (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        parent = os.getppid()
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_main(main, argv: list[str] | None, prog: str) -> int:
     """Run a stage's `main`, turning a UserError into one line on stderr and exit code 2."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # A rank started by `accelerate launch` / torchrun: the launcher puts it in a session of its own, so a
+        # kill of the launcher's process group (`mathforge evolve` killed) would leave it training alone.
+        die_with_parent()
     try:
         main(argv)
     except UserError as err:

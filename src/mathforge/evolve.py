@@ -48,6 +48,7 @@ from pathlib import Path
 
 import yaml
 
+from mathforge.cli import die_with_parent
 from mathforge.config import load_yaml, save_yaml
 from mathforge.errors import UserError
 
@@ -536,14 +537,6 @@ def command(step: Step, config: EvolveConfig) -> list[str] | None:
     return None
 
 
-def _die_with_parent() -> None:
-    """In a stage's process, before it starts: get SIGTERM when evolve dies, even of SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _last_error(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line.lower() or "Error" in line.split(":")[0]]
@@ -564,7 +557,7 @@ def run_step(step: Step, config: EvolveConfig) -> None:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         with open(log, "ab") as f:
             target = None if config.log_to_console else f
-            proc = subprocess.Popen(cmd, stdout=target, stderr=target, env=env, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(cmd, stdout=target, stderr=target, env=env, preexec_fn=die_with_parent)
             try:
                 rc = proc.wait()
             except BaseException:  # Ctrl-C or SIGTERM: a stage left running would race the re-run
@@ -598,7 +591,16 @@ def _changed_keys(step: Step) -> list[str]:
         return []
     saved = yaml.safe_load(saved_file.read_text()) or {}
     planned = yaml.safe_load(yaml.safe_dump(step.recipe))  # the same YAML round trip as the saved one
-    return sorted(k for k in set(saved) | set(planned) if saved.get(k) != planned.get(k))
+    return sorted(k for k in set(saved) | set(planned) if not _same_value(saved.get(k), planned.get(k)))
+
+
+def _same_value(a, b) -> bool:
+    """Equal, or paths that differ only above the run folder (a run moved or copied elsewhere)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, str) and isinstance(b, str) and a != b and os.sep in a and os.sep in b:
+        return Path(a).parts[-2:] == Path(b).parts[-2:]  # <round_k>/<step> (or <step>/<file>)
+    return a == b
 
 
 def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
