@@ -1,6 +1,6 @@
 """Stage 2 on the toy task: greedy accuracy and mean completion tokens before and after a short GRPO run.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/rl_tokens.py [--policy runs/tiny/sft] [--n 200]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/rl_tokens.py [--policy runs/demo/round_0/sft] [--n 200]
 
 1. ``mathforge eval`` of the stage-1 policy ``--policy``, greedy, executor in the loop, on the first
    ``--n`` held-out toy problems (the test split, disjoint from training by construction);
@@ -57,8 +57,12 @@ def evaluate(model: Path, data: Path, out: Path, n: int, backend: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="runs/tiny/sft", help="the stage-1 policy")
-    parser.add_argument("--data", default="runs/tiny/toy", help="toy data folder (train and test splits)")
+    parser.add_argument(
+        "--policy", default="runs/demo/round_0/sft", help="the stage-1 policy (make demo builds it)"
+    )
+    parser.add_argument(
+        "--data", default="runs/demo/round_0/toy", help="toy data folder (train and test splits)"
+    )
     parser.add_argument("--config", default=str(REPO / "recipes/tiny/rl/config_toy.yaml"))
     parser.add_argument("--output_dir", default="runs/tiny/rl_tokens")
     parser.add_argument("--n", type=int, default=200, help="held-out problems (>= 200 for the real figure)")

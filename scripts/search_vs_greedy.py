@@ -1,6 +1,6 @@
 """Search coverage vs greedy accuracy of a tiny model fine-tuned on toy teacher solutions.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/search_vs_greedy.py [--model runs/tiny/sft] [--n 200]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/search_vs_greedy.py [--model runs/demo/round_0/sft] [--n 200]
 
 On the first ``--n`` held-out toy problems (the test split, disjoint from training by construction):
 
@@ -47,8 +47,8 @@ def main() -> None:
     from mathforge.search.mcts import SearchConfig, read_trees, search
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/tiny/sft")
-    parser.add_argument("--data", default="runs/tiny/toy", help="toy data folder (built if missing)")
+    parser.add_argument("--model", default="runs/demo/round_0/sft")
+    parser.add_argument("--data", default="runs/demo/round_0/toy", help="toy data folder (built if missing)")
     parser.add_argument("--output_dir", default="runs/tiny/search_vs_greedy")
     parser.add_argument("--n", type=int, default=200, help="held-out problems (>= 200 for the real figure)")
     parser.add_argument("--sft_steps", type=int, default=600, help="if the model must be built")
