@@ -144,6 +144,13 @@ def test_scorer_follows_the_training_convention(trained, pairs, tmp_path):
     # Padding does not change a score: a batch of mixed lengths equals one text at a time.
     texts = [p["prompt"] + p["chosen"] for p in test[:12]]
     assert scorer(texts) == pytest.approx([scorer([t])[0] for t in texts], abs=1e-5)
+    # A prefix past the model's positions (long executor outputs) is scored on its last tokens, not a crash.
+    limit = scorer.model.config.max_position_embeddings
+    tail = texts[0] + "<step>\nx = 1\nprint(x)\n</step>\n<output>\n1\n</output>\n" * (limit // 8)
+    long_a, long_b = "a b c " * limit + tail, "z y " * limit + tail
+    assert len(scorer.tokenizer(long_a)["input_ids"]) > limit
+    a, b = scorer([long_a, long_b])
+    assert -1.0 <= a <= 1.0 and a == pytest.approx(b, abs=1e-5)
 
 
 @pytest.mark.slow

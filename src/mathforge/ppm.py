@@ -327,7 +327,8 @@ class PPMScorer:
     """Scores `prompt + prefix` texts with a trained PPM: `scorer(texts) -> [score in [-1, 1]]`.
 
     Texts are scored in right-padded batches (as in training) of up to `batch_size`, longest first so a
-    batch holds similar lengths. No truncation: it would cut off the token the head reads.
+    batch holds similar lengths. A text longer than the model's positions keeps its last tokens (cutting
+    the end would cut off the token the head reads).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 32):
@@ -345,6 +346,11 @@ class PPMScorer:
         if not texts:
             return []
         ids = self.tokenizer(text=[readout_text(t, eos) for t in texts])["input_ids"]
+        # A prefix longer than the model's positions (executor outputs can be long) keeps its last tokens: the
+        # head reads the last one; the start of the prompt is what goes.
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit:
+            ids = [seq[-limit:] for seq in ids]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = [0.0] * len(ids)
         device = next(self.model.parameters()).device
