@@ -392,16 +392,6 @@ def finish_expansion(
         tree.pending = None
 
 
-def expand(
-    trees: list[Tree], generator, executor, evaluate_answers: Callable, scorer: Scorer | None = None
-) -> int:
-    """Expand the pending node of every tree: one generator call, one executor batch. Returns new nodes."""
-    expansion = sample_children(trees, generator)
-    results = executor.run_many(expansion.jobs) if expansion.to_run else []
-    finish_expansion(expansion, results, executor, evaluate_answers, scorer)
-    return expansion.new_nodes
-
-
 @dataclass
 class SearchStats:
     problems: int = 0
