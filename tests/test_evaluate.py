@@ -189,7 +189,21 @@ def test_compare_prints_a_delta_table(tmp_path, capsys):
     code, stdout, _ = _run(["compare", *dirs], capsys)
     assert code == 0
     row = next(line for line in stdout.splitlines() if line.startswith("| predictions"))
-    assert [c.strip() for c in row.strip("|").split("|")][1:4] == ["66.7", "100.0", "+33.3"]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["66.7", "100.0", "+33.3"]
+    # paired over the same 3 problems: per-problem differences (0, 0, 1): mean 1/3, s.e. sqrt((1/3) / 3) = 1/3
+    assert cells[9:11] == ["+33.3 ± 33.3", "1 / 0"]
+
+
+def test_paired_difference_only_counts_problems_both_runs_scored():
+    from mathforge.eval.report import paired
+
+    a = [{"benchmark": "t", "id": i, "correct": c} for i, c in enumerate([1, 1, 0, 0])]
+    a += [{"benchmark": "t", "id": 0, "correct": 0}]  # two samples of problem 0: A solves it half the time
+    b = [{"benchmark": "t", "id": i, "correct": c} for i, c in enumerate([1, 0, 1])]  # no problem 3
+    p = paired(a, b)["t"]
+    assert (p["problems"], p["better"], p["worse"]) == (3, 2, 1)  # 0: 0.5 -> 1, 1: 1 -> 0, 2: 0 -> 1
+    assert p["delta"] == pytest.approx(100 * (0.5 - 1 + 1) / 3)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
 from mathforge.eval.parallel import run_data_parallel
-from mathforge.eval.report import compare, load_results, write_atomic, write_reports
+from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, answer_of, score_predictions
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
@@ -94,6 +94,12 @@ class EvalConfig:
     max_steps: int = field(default=16, metadata={"help": "steps: most steps in one solution."})
     max_code_errors: int = field(default=2, metadata={"help": "steps: stop after this many failing steps."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "steps: wall-clock limit of one code step."})
+    exec_max_output_chars: int = field(
+        default=2000,
+        metadata={
+            "help": "steps: a step's printed output beyond this is cut (with a marker), as in search and RL."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Sampling seed; the same seed repeats a run."})
     grade_timeout_s: float = field(
         default=30.0,
@@ -321,7 +327,9 @@ def generate_samples(
         scorer = load_ppm(config.ppm_path)
     own_executor = executor is None and config.prompt_format == "steps"
     if own_executor:
-        executor = Executor(ExecutorConfig(timeout_s=config.exec_timeout_s))
+        executor = Executor(
+            ExecutorConfig(timeout_s=config.exec_timeout_s, max_output_chars=config.exec_max_output_chars)
+        )
     own_grader = grader is None
     if own_grader:
         grader = Grader(timeout=config.grade_timeout_s, workers=2)
@@ -434,7 +442,9 @@ def compare_main(argv: list[str]) -> str:
     if len(argv) != 2 or any(a.startswith("-") for a in argv):
         raise UserError("usage: mathforge eval compare RESULTS_DIR_A RESULTS_DIR_B")
     a, b = load_results(argv[0]), load_results(argv[1])
-    table = compare(a, b, "A", "B")
+    samples_a, samples_b = load_samples(argv[0]), load_samples(argv[1])
+    pairs = paired(samples_a, samples_b) if samples_a and samples_b else None
+    table = compare(a, b, "A", "B", pairs)
     print(f"A = {argv[0]}\nB = {argv[1]}\n\n{table}", end="")
     return table
 

@@ -178,8 +178,50 @@ def load_results(path: str | os.PathLike) -> dict:
     return results
 
 
-def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
-    """Markdown table of B - A per benchmark: pass@1, maj@n, coverage (points) and mean tokens (%)."""
+def load_samples(path: str | os.PathLike) -> list[dict]:
+    """A run's samples.jsonl (one line per sample: benchmark, id, correct, ...); [] when absent."""
+    file = Path(path) / "samples.jsonl"
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def paired(samples_a: list[dict], samples_b: list[dict]) -> dict[str, dict]:
+    """Per benchmark, B - A on the problems both runs scored: the mean per-problem accuracy difference
+    (points) and its standard error, and how many problems B solved more / less often than A.
+
+    Both runs saw the same problems, so the difference's noise is that of the problems whose result
+    changed, far smaller than two independent accuracies' (with one greedy sample per problem,
+    delta / se is McNemar's z: |z| > 2 is a real difference at about 95%)."""
+
+    def per_problem(samples):
+        acc: dict[tuple, list] = {}
+        for s in samples:
+            if s.get("correct") is not None:
+                acc.setdefault((s.get("benchmark"), str(s.get("id"))), []).append(float(s["correct"]))
+        return {key: sum(v) / len(v) for key, v in acc.items()}
+
+    pa, pb = per_problem(samples_a), per_problem(samples_b)
+    out: dict[str, dict] = {}
+    for bench in dict.fromkeys(key[0] for key in pa if key in pb):
+        diffs = [pb[k] - pa[k] for k in pa if k in pb and k[0] == bench]
+        n = len(diffs)
+        mean = sum(diffs) / n
+        var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+        out[bench] = {
+            "problems": n,
+            "delta": 100 * mean,
+            "se": 100 * (var / n) ** 0.5,
+            "better": sum(d > 0 for d in diffs),
+            "worse": sum(d < 0 for d in diffs),
+        }
+    return out
+
+
+def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B", pairs: dict | None = None) -> str:
+    """Markdown table of B - A per benchmark: pass@1, maj@n, coverage (points) and mean tokens (%);
+    with ``pairs`` (from :func:`paired`), the paired difference, its standard error and the problems B
+    solved more / less often."""
     names = list(a["benchmarks"]) + [n for n in b["benchmarks"] if n not in a["benchmarks"]]
 
     def delta(x, y, relative=False):
@@ -191,6 +233,8 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
 
     head = ["benchmark", f"pass@1 {name_a}", f"pass@1 {name_b}", "Δ", "maj Δ", "coverage Δ"]
     head += [f"tokens {name_a}", f"tokens {name_b}", "tokens Δ"]
+    if pairs is not None:
+        head += ["paired Δ ± s.e.", f"{name_b} better / worse"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         ra, rb = a["benchmarks"].get(name, {}), b["benchmarks"].get(name, {})
@@ -208,12 +252,19 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
             _fmt(tb),
             delta(ta, tb, relative=True),
         ]
+        if pairs is not None:
+            p = pairs.get(name)
+            cells += (
+                [f"{p['delta']:+.1f} ± {p['se']:.1f}", f"{p['better']} / {p['worse']}"] if p else ["–", "–"]
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
     "compare",
+    "load_samples",
+    "paired",
     "load_results",
     "markdown",
     "plot_accuracy",

@@ -106,6 +106,13 @@ class SearchConfig:
     seed: int = field(default=0, metadata={"help": "Seed for sampling and tie-breaking."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message (None: none)."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one code step."})
+    exec_max_output_chars: int = field(
+        default=2000,
+        metadata={
+            "help": "A step's printed output beyond this is cut (with a marker), as in RL and evaluation: "
+            "node texts stay within the policy's and the PPM's context."
+        },
+    )
     exec_workers: int | None = field(
         default=None,
         metadata={
@@ -594,7 +601,12 @@ def search(
         live = min(1024, max(64, config.batch_problems * config.num_candidates))
         workers = config.exec_workers or 4 * (os.cpu_count() or 1)
         executor = Executor(
-            ExecutorConfig(timeout_s=config.exec_timeout_s, max_states=live, max_workers=workers)
+            ExecutorConfig(
+                timeout_s=config.exec_timeout_s,
+                max_output_chars=config.exec_max_output_chars,
+                max_states=live,
+                max_workers=workers,
+            )
         )
     own_grader = grader is None
     grader = grader or Grader()
