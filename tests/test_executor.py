@@ -490,6 +490,17 @@ def test_kernel_isolation(ex):
         os.remove(secret)
 
 
+@pytest.mark.skipif(not ROOT, reason="RLIMIT_NPROC applies to the dropped sandbox uid, i.e. as root")
+def test_steps_wait_out_a_full_process_table():
+    # 4 steps at once, 2 states kept, 6 processes allowed: forks meet the limit while evicted holders are
+    # still exiting (before the fix 47 of these 60 steps failed with "fork failed: [Errno 11]"); a fork now
+    # waits for them instead of failing the step
+    with Executor(ExecutorConfig(timeout_s=10, max_states=2, max_workers=4, max_processes=6)) as ex:
+        results = ex.run_many([(None, f"x = {i}\nprint(x * 2)") for i in range(60)])
+    assert [r.error for r in results] == [None] * 60
+    assert [r.stdout for r in results] == [f"{2 * i}\n" for i in range(60)]
+
+
 def test_crashed_zygote_and_holders_are_replaced():
     with Executor(ExecutorConfig(timeout_s=TIMEOUT_S)) as ex:
         r = ex.run("k = 41")

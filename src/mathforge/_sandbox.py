@@ -136,7 +136,7 @@ def serve(ctl):
         if msg is None:  # evicted, or the executor is gone: nothing left to hold
             os._exit(0)
         try:
-            pid = os.fork()
+            pid = fork_waiting(ctl, children)
         except OSError as e:
             send(ctl, {"t": "error", "job": msg["job"], "message": f"fork failed: {e}"})
             for fd in fds:
@@ -151,6 +151,24 @@ def serve(ctl):
         children[pid] = msg["job"]
         for fd in fds:
             os.close(fd)
+
+
+FORK_WAIT_S = 5.0  # how long a holder waits out EAGAIN before reporting the fork as failed
+
+
+def fork_waiting(ctl, children):
+    """os.fork(), waiting out EAGAIN for up to FORK_WAIT_S: under load the sandbox uid's RLIMIT_NPROC is
+    reached for a moment while evicted holders are still exiting, and a step must not fail for that."""
+    delay, deadline = 0.002, time.monotonic() + FORK_WAIT_S
+    while True:
+        try:
+            return os.fork()
+        except OSError as e:
+            if e.errno != errno.EAGAIN or time.monotonic() > deadline:
+                raise
+        reap(ctl, children)  # our own exited children count against the limit until reaped
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
 
 
 def reap(ctl, children):

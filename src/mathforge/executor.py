@@ -126,7 +126,8 @@ class ExecutorConfig:
     max_state_memory: int | None = None
     """Memory of live holders (pages each touched since its fork) before LRU eviction; None: RAM / 4."""
     max_processes: int | None = None
-    """RLIMIT_NPROC for the sandbox uid (root only); None: ``max_states + 2 * max_workers + 32``."""
+    """RLIMIT_NPROC for the sandbox uid (root only); None: ``2 * (max_states + 2 * max_workers) + 64``
+    (evicted holders take a moment to exit; a fork that meets the limit waits up to 5 s for them)."""
     preload: tuple[str, ...] = (
         "math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "random", "re",
         "statistics", "numpy", "sympy",
@@ -426,7 +427,7 @@ class Executor:
             "uid": self.uid,
             "memory_bytes": cfg.memory_bytes,
             "max_file_bytes": cfg.max_file_bytes,
-            "max_processes": cfg.max_processes or cfg.max_states + 2 * self.workers + 32,
+            "max_processes": cfg.max_processes or 2 * (cfg.max_states + 2 * self.workers) + 64,
             "cpu_time_s": cfg.cpu_time_s or cfg.timeout_s + 1,
             "max_output_chars": cfg.max_output_chars,
             "preload": list(cfg.preload),
