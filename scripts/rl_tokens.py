@@ -16,6 +16,7 @@ Each stage runs as its own process; everything lands in ``--output_dir`` and ``s
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,38 @@ def evaluate(model: Path, data: Path, out: Path, n: int, backend: str) -> dict:
     }
 
 
+def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict[str, float]:
+    """Mean tokens a solution of each teacher style would take on the evaluated problems: the length the
+    stage-1 policy learned its styles from, and so about how short RL can make it by choosing among them.
+
+    The toy folder's meta.json (seed, levels, families) regenerates the same test problems; every problem
+    is rendered in each style (the code, the step tags and the answer; executor outputs are not the
+    model's tokens) and tokenized with the policy's tokenizer. {} for data that is not the toy task."""
+    from transformers import AutoTokenizer
+
+    from mathforge.data import toy
+    from mathforge.steps import Step, boxed_answer, render_solution
+
+    meta_file = data / "meta.json"
+    if not meta_file.exists():
+        return {}
+    meta = json.loads(meta_file.read_text())
+    if meta.get("generator") != "mathforge.data.toy":
+        return {}
+    ids = {json.loads(line)["id"] for line in samples.read_text().splitlines() if line.strip()}
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    plans = toy.iter_plans(meta["counts"]["test"], "test", meta["seed"], meta["levels"], meta["families"])
+    counts: dict[str, list[int]] = {style: [] for style in toy.STYLES}
+    for _, _, plan, _, digest in plans:
+        if f"toy-{digest[:16]}" not in ids:
+            continue
+        for style in toy.STYLES:
+            codes = toy.teacher_program(plan, random.Random(digest), style)
+            text = render_solution([Step(code=c) for c in codes], boxed_answer(str(plan.answer)))
+            counts[style].append(len(tok(text, add_special_tokens=False)["input_ids"]))
+    return {style: sum(v) / len(v) for style, v in counts.items() if v}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -86,6 +119,7 @@ def main() -> None:
         run("mathforge.rl", rl_args, out / "rl.log")
     after = evaluate(rl_dir, data, out / "eval_after", args.n, args.backend)
 
+    floor = teacher_style_tokens(data, out / "eval_before" / "samples.jsonl", policy)
     cut = 100 * (1 - after["mean_tokens"] / before["mean_tokens"])
     delta = after["accuracy"] - before["accuracy"]
     ok = cut >= 30 and delta >= -1
@@ -95,6 +129,7 @@ def main() -> None:
         "token_cut_percent": cut,
         "accuracy_change_points": delta,
         "goal_met": ok,
+        "teacher_style_tokens": floor,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
@@ -102,6 +137,11 @@ def main() -> None:
     )
     print(f"{'stage 1':10}{before['accuracy']:>9.1f}%{before['mean_tokens']:>14.1f}")
     print(f"{'after RL':10}{after['accuracy']:>9.1f}%{after['mean_tokens']:>14.1f}")
+    if floor:
+        styles = ", ".join(
+            f"{style} {n:.1f} ({100 * (n / before['mean_tokens'] - 1):+.0f}%)" for style, n in floor.items()
+        )
+        print(f"the same problems in each teacher style (tokens, vs stage 1): {styles}")
     print(
         f"tokens {-cut:+.1f}%, accuracy {delta:+.1f} points: goal (>= 30% fewer tokens, accuracy >= -1 point) "
         f"{'met' if ok else 'NOT met'}"

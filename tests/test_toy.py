@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import random
 import re
 from fractions import Fraction
 
@@ -192,6 +193,22 @@ def test_teacher_code_really_computes_the_answer(train):
             exec(step.code, env)  # trusted: our own generated teacher code
         last = [line for line in step.code.splitlines() if line.startswith("print(")][-1]
         assert str(eval(last[len("print(") : -1], env)) == record["answer"]
+
+
+def test_a_forced_style_renders_the_same_problem_in_that_style():
+    # rl_tokens.py measures each style's length on the same problems: short is at most 2 steps with the
+    # numbers in place, verbose restates the problem first; all print the same answer
+    for family, level, plan, _, digest in toy.iter_plans(14, "test", 0, toy.LEVELS, toy.FAMILIES):
+        programs = {s: toy.teacher_program(plan, random.Random(digest), s) for s in toy.STYLES}
+        assert len(programs["short"]) <= 2 and programs["verbose"][0].startswith("# Find ")
+        assert len(programs["standard"]) == len(plan.units)
+        for codes in programs.values():
+            env: dict = {}
+            for code in codes:
+                exec(code.replace("print(", "_ = ("), env)  # trusted teacher code; prints silenced
+            assert str(Fraction(env[plan.units[-1].var])) == str(Fraction(plan.answer)), (family, level)
+    with pytest.raises(ValueError, match="unknown style 'terse'"):
+        toy.teacher_program(plan, random.Random(0), "terse")
 
 
 def test_solution_lengths_vary(train):

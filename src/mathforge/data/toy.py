@@ -1217,15 +1217,20 @@ def _inline(value: int) -> str:
     return f"({value})" if value < 0 else str(value)
 
 
-def teacher_program(plan: Plan, rng: random.Random) -> list[str]:
+def teacher_program(plan: Plan, rng: random.Random, style: str | None = None) -> list[str]:
     """The step codes of a teacher solution; the last step prints the answer as its last line.
+
+    ``style``: one of :data:`STYLES`; None draws it from ``rng`` with :data:`STYLE_WEIGHTS` (the data).
 
     * short: everything in one or two steps, numbers written in place;
     * standard: one step per computation, intermediate values printed (mostly);
     * verbose: restate the problem and name the given numbers, one step per computation, then often
       a re-check (``assert`` or a printed comparison) and a final print.
     """
-    style = rng.choices(STYLES, weights=STYLE_WEIGHTS)[0]
+    if style is None:
+        style = rng.choices(STYLES, weights=STYLE_WEIGHTS)[0]
+    elif style not in STYLES:
+        raise ValueError(f"unknown style {style!r} (choose from: {', '.join(STYLES)})")
     final = plan.units[-1].var
     if style == "verbose":
         env = {name: name for name, _, _ in plan.givens}
