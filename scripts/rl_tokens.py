@@ -76,7 +76,10 @@ def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict
         return {}
     ids = {json.loads(line)["id"] for line in samples.read_text().splitlines() if line.strip()}
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    plans = toy.iter_plans(meta["counts"]["test"], "test", meta["seed"], meta["levels"], meta["families"])
+    weights = meta.get("style_weights", toy.STYLE_WEIGHTS)
+    plans = toy.iter_plans(
+        meta["counts"]["test"], "test", meta["seed"], meta["levels"], meta["families"], weights
+    )
     counts: dict[str, list[int]] = {style: [] for style in toy.STYLES}
     for _, _, plan, _, digest in plans:
         if f"toy-{digest[:16]}" not in ids:

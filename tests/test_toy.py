@@ -211,6 +211,15 @@ def test_a_forced_style_renders_the_same_problem_in_that_style():
         toy.teacher_program(plan, random.Random(0), "terse")
 
 
+def test_style_weights_choose_the_teacher_styles():
+    verbose_only = list(toy.iter_plans(21, "train", 0, toy.LEVELS, toy.FAMILIES, style_weights=(0, 0, 1)))
+    assert all(codes[0].startswith("# Find ") for *_, codes, _ in verbose_only)
+    short_only = list(toy.iter_plans(21, "train", 0, toy.LEVELS, toy.FAMILIES, style_weights=(1, 0, 0)))
+    assert all(len(codes) <= 2 and not codes[0].startswith("# Find ") for *_, codes, _ in short_only)
+    with pytest.raises(ValueError, match="style_weights"):
+        toy.ToyDataConfig(style_weights=[1, 1])
+
+
 def test_solution_lengths_vary(train):
     lengths = collections.Counter(len(parse_completion(r["solution"]).steps) for r in train)
     assert min(lengths) <= 2 and max(lengths) >= 6 and len(lengths) >= 5

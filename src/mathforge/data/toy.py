@@ -1217,10 +1217,12 @@ def _inline(value: int) -> str:
     return f"({value})" if value < 0 else str(value)
 
 
-def teacher_program(plan: Plan, rng: random.Random, style: str | None = None) -> list[str]:
+def teacher_program(
+    plan: Plan, rng: random.Random, style: str | None = None, weights: Iterable[float] = STYLE_WEIGHTS
+) -> list[str]:
     """The step codes of a teacher solution; the last step prints the answer as its last line.
 
-    ``style``: one of :data:`STYLES`; None draws it from ``rng`` with :data:`STYLE_WEIGHTS` (the data).
+    ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
 
     * short: everything in one or two steps, numbers written in place;
     * standard: one step per computation, intermediate values printed (mostly);
@@ -1228,7 +1230,7 @@ def teacher_program(plan: Plan, rng: random.Random, style: str | None = None) ->
       a re-check (``assert`` or a printed comparison) and a final print.
     """
     if style is None:
-        style = rng.choices(STYLES, weights=STYLE_WEIGHTS)[0]
+        style = rng.choices(STYLES, weights=list(weights))[0]
     elif style not in STYLES:
         raise ValueError(f"unknown style {style!r} (choose from: {', '.join(STYLES)})")
     final = plan.units[-1].var
@@ -1299,7 +1301,7 @@ def _check_choice(values: Iterable, allowed: Iterable, what: str) -> None:
 
 
 def iter_plans(
-    n: int, split: str, seed: int, levels, families
+    n: int, split: str, seed: int, levels, families, style_weights: Iterable[float] = STYLE_WEIGHTS
 ) -> Iterator[tuple[str, int, Plan, list[str], str]]:
     """Yield ``n`` distinct problems of ``split``: families x levels round-robin, so all appear."""
     if split not in SPLITS:
@@ -1324,7 +1326,7 @@ def iter_plans(
                 f"could not find {n} distinct {split} problems for {family} level {level}; ask for fewer"
             )
         seen.update((digest, plan.text))
-        yield family, level, plan, teacher_program(plan, rng), digest
+        yield family, level, plan, teacher_program(plan, rng, weights=style_weights), digest
 
 
 def _answer_str(value: int | Fraction) -> str:
@@ -1388,12 +1390,13 @@ def generate_problems(
     families: Iterable[str] = FAMILIES,
     progress: bool = False,
     executor=None,
+    style_weights: Iterable[float] = STYLE_WEIGHTS,
 ) -> list[dict]:
     """``n`` distinct problems of ``split`` with executed, checked teacher solutions (module doc).
 
     ``executor``: an open :class:`mathforge.executor.Executor` to reuse (default: a new one).
     """
-    chosen = list(iter_plans(n, split, seed, levels, families))
+    chosen = list(iter_plans(n, split, seed, levels, families, style_weights))
     outputs = execute_programs([codes for *_, codes, _ in chosen], progress, executor=executor)
     rng = random.Random(f"mathforge-toy-order:{seed}:{split}")
     records = []
@@ -1460,6 +1463,7 @@ def write_dataset(
     levels=LEVELS,
     families=FAMILIES,
     progress: bool = True,
+    style_weights: Iterable[float] = STYLE_WEIGHTS,
 ) -> dict:
     """Write ``train.jsonl``, ``test.jsonl`` and ``meta.json`` to ``output_dir``; returns the meta."""
     from mathforge.executor import Executor, ExecutorConfig
@@ -1467,7 +1471,7 @@ def write_dataset(
     out = Path(output_dir)
     with Executor(ExecutorConfig()) as executor:
         splits = {
-            split: generate_problems(n, split, seed, levels, families, progress, executor)
+            split: generate_problems(n, split, seed, levels, families, progress, executor, style_weights)
             for split, n in (("train", n_train), ("test", n_test))
         }
     check_disjoint(splits["train"], splits["test"])
@@ -1481,6 +1485,7 @@ def write_dataset(
         "seed": seed,
         "levels": list(levels),
         "families": list(families),
+        "style_weights": list(style_weights),
         "counts": {split: len(records) for split, records in splits.items()},
         "answer_format": "integer or reduced fraction a/b, as Python prints int/Fraction",
     }
@@ -1512,8 +1517,23 @@ class ToyDataConfig:
         default_factory=lambda: list(FAMILIES),
         metadata={"help": f"Problem families to include, from {list(FAMILIES)}."},
     )
+    style_weights: list[float] = field(
+        default_factory=lambda: list(STYLE_WEIGHTS),
+        metadata={
+            "help": f"Relative frequency of the teacher's styles {list(STYLES)} (each problem draws one). "
+            "Other weights also draw other problems (one random stream)."
+        },
+    )
 
     def __post_init__(self):
+        if (
+            len(self.style_weights) != len(STYLES)
+            or min(self.style_weights) < 0
+            or not sum(self.style_weights)
+        ):
+            raise ValueError(
+                f"style_weights: {len(STYLES)} weights >= 0 (for {', '.join(STYLES)}), not all 0"
+            )
         _check_choice(self.families, FAMILIES, "family")
         _check_choice(self.levels, LEVELS, "level")
         if self.n_train < 0 or self.n_test < 0:
@@ -1526,7 +1546,13 @@ def main(argv: list[str] | None = None) -> dict:
     (config,) = parse_config([ToyDataConfig], argv, prog="mathforge data toy")
     start = time.perf_counter()
     meta = write_dataset(
-        config.output_dir, config.n_train, config.n_test, config.seed, config.levels, config.families
+        config.output_dir,
+        config.n_train,
+        config.n_test,
+        config.seed,
+        config.levels,
+        config.families,
+        style_weights=config.style_weights,
     )
     seconds = time.perf_counter() - start
     total = sum(meta["counts"].values())
