@@ -1,12 +1,15 @@
 """Stage 2 on the toy task: greedy accuracy and mean completion tokens before and after a short GRPO run.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/rl_tokens.py [--policy runs/demo/round_0/sft] [--n 200]
+    mathforge data toy --output_dir runs/toy600 --n_train 3000 --n_test 600 --seed 0   # 600 held-out
+    OMP_NUM_THREADS=1 python scripts/rl_tokens.py [--policy runs/demo/round_2/sft] [--data runs/toy600 --n 600]
 
 1. ``mathforge eval`` of the stage-1 policy ``--policy``, greedy, executor in the loop, on the first
    ``--n`` held-out toy problems (the test split, disjoint from training by construction);
 2. ``mathforge rl --config recipes/tiny/rl/config_toy.yaml`` from that policy (skipped when its output
    folder already holds a model; extra overrides after ``--``, e.g. ``-- --max_steps 20``);
-3. the same evaluation of the RL policy.
+3. the same evaluation of the RL policy, and the paired accuracy change over the same problems (± s.e.);
+4. on toy data, the mean tokens of the same problems written in each teacher style (short, standard,
+   verbose): about as short as RL can make the policy by choosing among the styles it was taught.
 
 Mean tokens are the tokens the model generated per solution (the executor's outputs are not counted).
 Goal (the issue's toy result): tokens cut by >= 30% with accuracy within 1 point of stage 1, or higher.
@@ -20,6 +23,8 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+
+from mathforge.eval.report import load_samples, paired
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +99,7 @@ def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--policy", default="runs/demo/round_0/sft", help="the stage-1 policy (make demo builds it)"
+        "--policy", default="runs/demo/round_2/sft", help="the stage-1 policy (make demo builds it)"
     )
     parser.add_argument(
         "--data", default="runs/demo/round_0/toy", help="toy data folder (train and test splits)"
@@ -123,6 +128,7 @@ def main() -> None:
     after = evaluate(rl_dir, data, out / "eval_after", args.n, args.backend)
 
     floor = teacher_style_tokens(data, out / "eval_before" / "samples.jsonl", policy)
+    pairs = paired(load_samples(out / "eval_before"), load_samples(out / "eval_after"))
     cut = 100 * (1 - after["mean_tokens"] / before["mean_tokens"])
     delta = after["accuracy"] - before["accuracy"]
     ok = cut >= 30 and delta >= -1
@@ -133,6 +139,7 @@ def main() -> None:
         "accuracy_change_points": delta,
         "goal_met": ok,
         "teacher_style_tokens": floor,
+        "paired": pairs,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
@@ -140,6 +147,11 @@ def main() -> None:
     )
     print(f"{'stage 1':10}{before['accuracy']:>9.1f}%{before['mean_tokens']:>14.1f}")
     print(f"{'after RL':10}{after['accuracy']:>9.1f}%{after['mean_tokens']:>14.1f}")
+    for p in pairs.values():
+        print(
+            f"paired over {p['problems']} problems: {p['delta']:+.1f} +- {p['se']:.1f} points "
+            f"({p['better']} solved only after RL, {p['worse']} only before)"
+        )
     if floor:
         styles = ", ".join(
             f"{style} {n:.1f} ({100 * (n / before['mean_tokens'] - 1):+.0f}%)" for style, n in floor.items()
