@@ -24,6 +24,7 @@ def rl_args(model, data, out, *extra):
         "--dataset_name", str(data),
         "--output_dir", str(out),
         "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
+        "--num_iterations", "1",  # the recipe's 2 would reuse step 1's rollouts: every step here generates
         "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "true",
         *extra,
     ]  # fmt: skip
