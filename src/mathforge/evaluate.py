@@ -35,6 +35,7 @@ from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
 from mathforge.eval.parallel import run_data_parallel
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, answer_of, score_predictions
+from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
 SEARCH_MODES = ("none", "majority", "best_of_n", "beam", "mcts")
@@ -95,7 +96,7 @@ class EvalConfig:
     max_code_errors: int = field(default=2, metadata={"help": "steps: stop after this many failing steps."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "steps: wall-clock limit of one code step."})
     exec_max_output_chars: int = field(
-        default=2000,
+        default=MAX_OUTPUT_CHARS,
         metadata={
             "help": "steps: a step's printed output beyond this is cut (with a marker), as in search and RL."
         },

@@ -47,6 +47,7 @@ from mathforge.errors import UserError
 from mathforge.generation import HFGenerator, SamplingConfig, VLLMGenerator
 from mathforge.rewards import REWARDS, JudgeError, RewardArguments, build_rewards
 from mathforge.sft import _end_of_turn_token, last_checkpoint, write_rank_report
+from mathforge.steps import MAX_OUTPUT_CHARS
 
 ALGORITHMS = {"grpo": GRPOConfig, "rloo": RLOOConfig}
 ROLLOUT_FORMATS = ("steps", "text")
@@ -84,7 +85,8 @@ class RLScriptArguments:
     max_code_errors: int = field(default=2, metadata={"help": "steps: stop after this many failing steps."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "steps: wall-clock limit of one code step."})
     exec_max_output_chars: int = field(
-        default=2000, metadata={"help": "steps: a step's printed output beyond this is cut (with a marker)."}
+        default=MAX_OUTPUT_CHARS,
+        metadata={"help": "steps: a step's printed output beyond this is cut (with a marker)."},
     )
     rollout_batch_size: int = field(
         default=64, metadata={"help": "steps, transformers backend: sequences per generate call."}

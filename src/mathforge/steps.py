@@ -44,6 +44,9 @@ SPECIAL_TOKENS = [STEP_OPEN, STEP_CLOSE, OUTPUT_OPEN, OUTPUT_CLOSE, ANSWER_OPEN,
 # A generator stops when a step or the answer is complete, and also the moment a model starts to
 # write an output block of its own (that text is never trusted).
 STOP_STRINGS = [STEP_CLOSE, ANSWER_CLOSE, OUTPUT_OPEN]
+# A step's printed output shown to the model (search, RL, evaluation) is cut here, so that a solution's text
+# stays within the policy's and the PPM's context; the executor appends a marker saying how much was dropped.
+MAX_OUTPUT_CHARS = 2000
 
 SYSTEM_PROMPT = (
     "Solve the problem step by step. Each step is Python code inside <step> </step>, with the "

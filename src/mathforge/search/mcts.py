@@ -107,10 +107,9 @@ class SearchConfig:
     system_prompt: str | None = field(default=None, metadata={"help": "System message (None: none)."})
     exec_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one code step."})
     exec_max_output_chars: int = field(
-        default=2000,
+        default=steps.MAX_OUTPUT_CHARS,
         metadata={
-            "help": "A step's printed output beyond this is cut (with a marker), as in RL and evaluation: "
-            "node texts stay within the policy's and the PPM's context."
+            "help": "A step's printed output beyond this is cut (with a marker), as in RL and evaluation."
         },
     )
     exec_workers: int | None = field(
