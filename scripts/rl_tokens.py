@@ -9,7 +9,8 @@
    folder already holds a model; extra overrides after ``--``, e.g. ``-- --max_steps 20``);
 3. the same evaluation of the RL policy, and the paired accuracy change over the same problems (± s.e.);
 4. on toy data, the mean tokens of the same problems written in each teacher style (short, standard,
-   verbose): about as short as RL can make the policy by choosing among the styles it was taught.
+   verbose; short and standard also with the re-check tail most teacher solutions carry): about as
+   short as RL can make the policy by choosing among the styles it was taught.
 
 Mean tokens are the tokens the model generated per solution (the executor's outputs are not counted).
 Goal (the issue's toy result): tokens cut by >= 30% with accuracy within 1 point of stage 1, or higher.
@@ -85,14 +86,23 @@ def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict
     plans = toy.iter_plans(
         meta["counts"]["test"], "test", meta["seed"], meta["levels"], meta["families"], weights
     )
-    counts: dict[str, list[int]] = {style: [] for style in toy.STYLES}
+    variants = [
+        ("short", False),
+        ("short", True),
+        ("standard", False),
+        ("standard", True),
+        ("verbose", False),
+    ]
+    counts: dict[str, list[int]] = {style + " re-checked" * recheck: [] for style, recheck in variants}
     for _, _, plan, _, digest in plans:
         if f"toy-{digest[:16]}" not in ids:
             continue
-        for style in toy.STYLES:
-            codes = toy.teacher_program(plan, random.Random(digest), style)
+        for style, recheck in variants:
+            codes = toy.teacher_program(plan, random.Random(digest), style, recheck=recheck)
             text = render_solution([Step(code=c) for c in codes], boxed_answer(str(plan.answer)))
-            counts[style].append(len(tok(text, add_special_tokens=False)["input_ids"]))
+            counts[style + " re-checked" * recheck].append(
+                len(tok(text, add_special_tokens=False)["input_ids"])
+            )
     return {style: sum(v) / len(v) for style, v in counts.items() if v}
 
 

@@ -18,8 +18,12 @@ Each record::
   ``<output>`` blocks come from running the teacher code through :mod:`mathforge.executor`; the
   final printed line is checked against the answer, so every teacher solution is known correct.
   Its length varies on purpose (a per-problem seeded choice of a short, standard or verbose
-  style: restating the problem, printing intermediate values, re-checking with ``assert``), so that
-  stage-2 RL has verbosity to cut.
+  style: restating the problem, printing intermediate values, re-checking with ``assert``), and most
+  short and standard solutions (``recheck_rate``, 0.75) go on after the answer is printed, printing a
+  check and the answer again: redundancy that costs no accuracy to drop, like the re-verification in
+  long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy decoding follows a
+  solution's most likely course, so a stage-1 policy writes these re-checks only because most
+  teacher solutions do; a minority style such as verbose hardly shows in its greedy solutions.)
 * ``kind`` and ``params`` describe the underlying math problem (independent of wording, names and
   objects); ``id`` is a hash of them.
 
@@ -52,6 +56,7 @@ SPLITS = ("train", "test")
 TEST_SHARE = 0.2  # share of the problem space (by hash) that belongs to the test split
 STYLES = ("short", "standard", "verbose")
 STYLE_WEIGHTS = (3, 4, 3)
+RECHECK_RATE = 0.75
 
 NAMES = (
     "Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena", "Mateo",
@@ -1218,11 +1223,19 @@ def _inline(value: int) -> str:
 
 
 def teacher_program(
-    plan: Plan, rng: random.Random, style: str | None = None, weights: Iterable[float] = STYLE_WEIGHTS
+    plan: Plan,
+    rng: random.Random,
+    style: str | None = None,
+    weights: Iterable[float] = STYLE_WEIGHTS,
+    recheck: bool = False,
 ) -> list[str]:
     """The step codes of a teacher solution; the last step prints the answer as its last line.
 
     ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
+    ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
+    traces do: one more step printing the plan's check (True) and the answer again. Pure
+    redundancy (the answer was already printed), so a solution without it is as correct: the verbosity
+    stage-2 RL is meant to cut. A verbose solution re-checks on its own (drawn from ``rng``).
 
     * short: everything in one or two steps, numbers written in place;
     * standard: one step per computation, intermediate values printed (mostly);
@@ -1273,6 +1286,12 @@ def teacher_program(
         if last or style == "short" or rng.random() < 0.75:
             lines.append(f"print({group[-1][2]})")
         steps.append("\n".join(lines))
+    if recheck:  # one step (one more executor call), since search and RL pay per step
+        lines = ["# Double-check before answering."]
+        if plan.check:
+            lines += ["# put the result back into the problem: this should print True"]
+            lines += [f"print({plan.check.format(**env)})"]
+        steps.append("\n".join([*lines, "# the answer again", f"print({final})"]))
     return steps
 
 
@@ -1301,9 +1320,18 @@ def _check_choice(values: Iterable, allowed: Iterable, what: str) -> None:
 
 
 def iter_plans(
-    n: int, split: str, seed: int, levels, families, style_weights: Iterable[float] = STYLE_WEIGHTS
+    n: int,
+    split: str,
+    seed: int,
+    levels,
+    families,
+    style_weights: Iterable[float] = STYLE_WEIGHTS,
+    recheck_rate: float = RECHECK_RATE,
 ) -> Iterator[tuple[str, int, Plan, list[str], str]]:
-    """Yield ``n`` distinct problems of ``split``: families x levels round-robin, so all appear."""
+    """Yield ``n`` distinct problems of ``split``: families x levels round-robin, so all appear.
+
+    Whether a solution re-checks (:func:`teacher_program`) is drawn from the problem's hash, apart from
+    the random stream, so ``recheck_rate`` changes solutions but never which problems are drawn."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} (choose from: {', '.join(SPLITS)})")
     levels, families = list(levels), list(families)
@@ -1326,7 +1354,8 @@ def iter_plans(
                 f"could not find {n} distinct {split} problems for {family} level {level}; ask for fewer"
             )
         seen.update((digest, plan.text))
-        yield family, level, plan, teacher_program(plan, rng, weights=style_weights), digest
+        recheck = random.Random(f"mathforge-toy-recheck:{digest}").random() < recheck_rate
+        yield family, level, plan, teacher_program(plan, rng, weights=style_weights, recheck=recheck), digest
 
 
 def _answer_str(value: int | Fraction) -> str:
@@ -1391,12 +1420,13 @@ def generate_problems(
     progress: bool = False,
     executor=None,
     style_weights: Iterable[float] = STYLE_WEIGHTS,
+    recheck_rate: float = RECHECK_RATE,
 ) -> list[dict]:
     """``n`` distinct problems of ``split`` with executed, checked teacher solutions (module doc).
 
     ``executor``: an open :class:`mathforge.executor.Executor` to reuse (default: a new one).
     """
-    chosen = list(iter_plans(n, split, seed, levels, families, style_weights))
+    chosen = list(iter_plans(n, split, seed, levels, families, style_weights, recheck_rate))
     outputs = execute_programs([codes for *_, codes, _ in chosen], progress, executor=executor)
     rng = random.Random(f"mathforge-toy-order:{seed}:{split}")
     records = []
@@ -1464,6 +1494,7 @@ def write_dataset(
     families=FAMILIES,
     progress: bool = True,
     style_weights: Iterable[float] = STYLE_WEIGHTS,
+    recheck_rate: float = RECHECK_RATE,
 ) -> dict:
     """Write ``train.jsonl``, ``test.jsonl`` and ``meta.json`` to ``output_dir``; returns the meta."""
     from mathforge.executor import Executor, ExecutorConfig
@@ -1471,7 +1502,9 @@ def write_dataset(
     out = Path(output_dir)
     with Executor(ExecutorConfig()) as executor:
         splits = {
-            split: generate_problems(n, split, seed, levels, families, progress, executor, style_weights)
+            split: generate_problems(
+                n, split, seed, levels, families, progress, executor, style_weights, recheck_rate
+            )
             for split, n in (("train", n_train), ("test", n_test))
         }
     check_disjoint(splits["train"], splits["test"])
@@ -1486,6 +1519,7 @@ def write_dataset(
         "levels": list(levels),
         "families": list(families),
         "style_weights": list(style_weights),
+        "recheck_rate": recheck_rate,
         "counts": {split: len(records) for split, records in splits.items()},
         "answer_format": "integer or reduced fraction a/b, as Python prints int/Fraction",
     }
@@ -1524,6 +1558,14 @@ class ToyDataConfig:
             "Other weights also draw other problems (one random stream)."
         },
     )
+    recheck_rate: float = field(
+        default=RECHECK_RATE,
+        metadata={
+            "help": "Share of short and standard teacher solutions that, once the answer is printed, print a "
+            "check (True) and the answer again: redundant re-verification, as in long reasoning traces, for "
+            "stage-2 RL to cut. Changes solutions only, never which problems are drawn."
+        },
+    )
 
     def __post_init__(self):
         if (
@@ -1534,6 +1576,8 @@ class ToyDataConfig:
             raise ValueError(
                 f"style_weights: {len(STYLES)} weights >= 0 (for {', '.join(STYLES)}), not all 0"
             )
+        if not 0 <= self.recheck_rate <= 1:
+            raise ValueError(f"recheck_rate must be between 0 and 1, got {self.recheck_rate}")
         _check_choice(self.families, FAMILIES, "family")
         _check_choice(self.levels, LEVELS, "level")
         if self.n_train < 0 or self.n_test < 0:
@@ -1553,6 +1597,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.levels,
         config.families,
         style_weights=config.style_weights,
+        recheck_rate=config.recheck_rate,
     )
     seconds = time.perf_counter() - start
     total = sum(meta["counts"].values())
