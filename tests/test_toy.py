@@ -232,7 +232,7 @@ def test_recheck_rate_adds_a_redundant_tail_to_the_same_problems():
         tail = checked[len(plain) :]
         assert checked[: len(plain)] == plain and len(tail) == 1
         printed: list = []
-        env: dict = {"print": lambda *values: printed.append(values)}
+        env: dict = {"print": lambda *values, out=printed: out.append(values)}
         for code in checked:
             exec(code, env)  # trusted teacher code
         answer = (Fraction(plan.answer),)
