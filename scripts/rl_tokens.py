@@ -106,6 +106,14 @@ def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict
     return {style: sum(v) / len(v) for style, v in counts.items() if v}
 
 
+def rechecked_share(eval_dir: Path) -> float:
+    """Share of the evaluated solutions (%) that re-check after printing the answer (the toy's redundant step)."""
+    from mathforge.data.toy import RECHECK_COMMENT
+
+    texts = [json.loads(line)["completion"] for line in (eval_dir / "samples.jsonl").read_text().splitlines()]
+    return 100 * sum(RECHECK_COMMENT in t for t in texts) / max(len(texts), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -138,6 +146,8 @@ def main() -> None:
     after = evaluate(rl_dir, data, out / "eval_after", args.n, args.backend)
 
     floor = teacher_style_tokens(data, out / "eval_before" / "samples.jsonl", policy)
+    before["rechecked_percent"] = rechecked_share(out / "eval_before")
+    after["rechecked_percent"] = rechecked_share(out / "eval_after")
     pairs = paired(load_samples(out / "eval_before"), load_samples(out / "eval_after"))
     cut = 100 * (1 - after["mean_tokens"] / before["mean_tokens"])
     delta = after["accuracy"] - before["accuracy"]
@@ -153,10 +163,11 @@ def main() -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
-        f"{'':10}{'accuracy':>10}{'mean tokens':>14}   ({before['problems']} held-out toy problems, greedy)"
+        f"{'':10}{'accuracy':>10}{'mean tokens':>14}{'re-checking':>14}   ({before['problems']} held-out toy "
+        "problems, greedy)"
     )
-    print(f"{'stage 1':10}{before['accuracy']:>9.1f}%{before['mean_tokens']:>14.1f}")
-    print(f"{'after RL':10}{after['accuracy']:>9.1f}%{after['mean_tokens']:>14.1f}")
+    for name, r in (("stage 1", before), ("after RL", after)):
+        print(f"{name:10}{r['accuracy']:>9.1f}%{r['mean_tokens']:>14.1f}{r['rechecked_percent']:>13.1f}%")
     for p in pairs.values():
         print(
             f"paired over {p['problems']} problems: {p['delta']:+.1f} +- {p['se']:.1f} points "

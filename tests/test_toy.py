@@ -222,21 +222,21 @@ def test_style_weights_choose_the_teacher_styles():
 
 def test_recheck_rate_adds_a_redundant_tail_to_the_same_problems():
     # the re-check tail is the verbosity stage-2 RL should cut: the same problems are drawn whatever the
-    # rate, a re-checking solution is the plain one plus steps printing True and then the answer again
+    # rate, and a re-checking solution is the plain one plus one step that restates the question and
+    # prints the answer again (so it is exactly as correct without that step)
     def plans(rate):
         return list(toy.iter_plans(70, "train", 0, toy.LEVELS, toy.FAMILIES, (1, 1, 0), recheck_rate=rate))
 
     never, half, always = plans(0), plans(0.5), plans(1)
     assert [p[4] for p in never] == [p[4] for p in half] == [p[4] for p in always]
     for (*_, plain, _), (*_, plan, checked, _) in zip(never, always):
-        tail = checked[len(plain) :]
-        assert checked[: len(plain)] == plain and len(tail) == 1
+        assert checked[:-1] == plain and checked[-1].startswith(toy.RECHECK_COMMENT)
+        assert plan.goal in checked[-1]
         printed: list = []
         env: dict = {"print": lambda *values, out=printed: out.append(values)}
         for code in checked:
             exec(code, env)  # trusted teacher code
-        answer = (Fraction(plan.answer),)
-        assert printed[-1] == answer and (not plan.check or printed[-2] == (True,)), plan.text
+        assert printed[-1] == printed[-2] == (Fraction(plan.answer),), plan.text
     share = sum(len(h[3]) > len(n[3]) for n, h in zip(never, half)) / len(never)
     assert 0.3 < share < 0.7
     with pytest.raises(ValueError, match="recheck_rate"):

@@ -19,8 +19,8 @@ Each record::
   final printed line is checked against the answer, so every teacher solution is known correct.
   Its length varies on purpose (a per-problem seeded choice of a short, standard or verbose
   style: restating the problem, printing intermediate values, re-checking with ``assert``), and most
-  short and standard solutions (``recheck_rate``, 0.75) go on after the answer is printed, printing a
-  check and the answer again: redundancy that costs no accuracy to drop, like the re-verification in
+  short and standard solutions (``recheck_rate``, 0.75) go on after the answer is printed with a step
+  that re-reads the question and prints the answer again: redundancy that costs no accuracy to drop, like the re-verification in
   long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy decoding follows a
   solution's most likely course, so a stage-1 policy writes these re-checks only because most
   teacher solutions do; a minority style such as verbose hardly shows in its greedy solutions.)
@@ -57,6 +57,9 @@ TEST_SHARE = 0.2  # share of the problem space (by hash) that belongs to the tes
 STYLES = ("short", "standard", "verbose")
 STYLE_WEIGHTS = (3, 4, 3)
 RECHECK_RATE = 0.75
+RECHECK_COMMENT = (
+    "# Double-check before answering."  # opens the re-check step (scripts/rl_tokens.py counts it)
+)
 
 NAMES = (
     "Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena", "Mateo",
@@ -1233,7 +1236,9 @@ def teacher_program(
 
     ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
     ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
-    traces do: one more step printing the plan's check (True) and the answer again. Pure
+    traces do: one more step that restates what the question asks (comments) and prints the answer
+    again. (A re-check computing the plan's check expression cost the bootstrapped policy ~10 points of
+    greedy accuracy: too much for a tiny model to copy.) Pure
     redundancy (the answer was already printed), so a solution without it is as correct: the verbosity
     stage-2 RL is meant to cut. A verbose solution re-checks on its own (drawn from ``rng``).
 
@@ -1287,11 +1292,9 @@ def teacher_program(
             lines.append(f"print({group[-1][2]})")
         steps.append("\n".join(lines))
     if recheck:  # one step (one more executor call), since search and RL pay per step
-        lines = ["# Double-check before answering."]
-        if plan.check:
-            lines += ["# put the result back into the problem: this should print True"]
-            lines += [f"print({plan.check.format(**env)})"]
-        steps.append("\n".join([*lines, "# the answer again", f"print({final})"]))
+        lines = [RECHECK_COMMENT, f"# The question asks for {plan.goal}."]
+        lines += ["# The last value printed is that, so it is the answer: print it again.", f"print({final})"]
+        steps.append("\n".join(lines))
     return steps
 
 
@@ -1561,8 +1564,8 @@ class ToyDataConfig:
     recheck_rate: float = field(
         default=RECHECK_RATE,
         metadata={
-            "help": "Share of short and standard teacher solutions that, once the answer is printed, print a "
-            "check (True) and the answer again: redundant re-verification, as in long reasoning traces, for "
+            "help": "Share of short and standard teacher solutions that, once the answer is printed, re-read "
+            "the question and print the answer again (one more step): redundant re-verification, as in long reasoning traces, for "
             "stage-2 RL to cut. Changes solutions only, never which problems are drawn."
         },
     )
