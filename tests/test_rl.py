@@ -166,14 +166,11 @@ def test_step_rollout_masks_executor_tokens(tiny_model):
         (a,), (b,) = rollout(prompts, generator, executor, SamplingConfig(n=1), max_steps=8)
     encoder = StepRollout(RLScriptArguments(), tok, max_completion_length=1000)
     ids, mask = encoder.encode(a)
-    executed = "<output>\n42\n</output>\n<output>\n43\n</output>\n"
+    # mask 0: what the system added (newline after a closing tag, output blocks, end of turn)
+    executed = "\n<output>\n42\n</output>\n\n<output>\n43\n</output>\n\n<|im_end|>"
     assert tok.decode([i for i, m in zip(ids, mask) if m == 0]) == executed
     written = tok.decode([i for i, m in zip(ids, mask) if m == 1])
-    assert (
-        written
-        == a.completion.replace("<output>\n42\n</output>\n", "").replace("<output>\n43\n</output>\n", "")
-        + "<|im_end|>"
-    )
+    assert written == "".join(generator.scripts["six"])  # exactly the chunks the model generated
     assert tok.decode(ids) == a.completion + "<|im_end|>" and a.end == "answer"
 
     # the faked output block is not part of the solution, but it is the model's text: kept as written
@@ -181,10 +178,40 @@ def test_step_rollout_masks_executor_tokens(tiny_model):
     ids, mask = encoder.encode(b)
     assert b.end == "invalid" and b.completion == "<step>\nprint(1)\n</step>\n<output>\n1\n</output>\n"
     assert b.tail == "<output>" and tok.decode(ids) == b.completion + "<output>"
-    assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "<step>\nprint(1)\n</step>\n<output>"
+    assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "<step>\nprint(1)\n</step><output>"
     assert encoder.encode(type(a)(prompt="p", end="invalid")) == ([encoder.pad_id], [0])
     short_ids, short_mask = StepRollout(RLScriptArguments(), tok, max_completion_length=5).encode(a)
     assert len(short_ids) == len(short_mask) == 5
+
+
+def test_rl_trains_on_the_chunks_as_generated_not_re_rendered(tiny_model):
+    # a chunk out of canonical form (no newline before a closing tag) re-rendered would gain a newline the
+    # model never sampled, which GRPO then pushes on forever (seen: log-prob -27, KL 1e5): the model
+    # continues, and RL trains on, exactly the text it wrote
+    from transformers import AutoTokenizer
+
+    from mathforge.executor import Executor
+    from mathforge.generation import SamplingConfig
+    from mathforge.rl import RLScriptArguments, StepRollout
+    from mathforge.rollout import rollout
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    chunks = ["<step>\nprint(5)</step>", "<answer>\nThe answer is \\boxed{</answer>"]
+    generator = ScriptedGenerator({"odd": chunks})
+    seen = []
+    generate = generator.generate
+    generator.generate = lambda prompts, sampling: seen.extend(prompts) or generate(prompts, sampling)
+    prompt = steps.chat_prompt(tok, "odd one")
+    with Executor() as executor:
+        ((t,),) = rollout([prompt], generator, executor, SamplingConfig(n=1), max_steps=8)
+    assert t.end == "answer" and t.answer == "The answer is \\boxed{" and t.written == chunks
+    assert (
+        seen[1] == prompt + "<step>\nprint(5)</step>\n<output>\n5\n</output>\n"
+    )  # its own text, then the output
+    assert t.completion.startswith("<step>\nprint(5)\n</step>")  # canonical, for evaluation records
+    ids, mask = StepRollout(RLScriptArguments(), tok, max_completion_length=1000).encode(t)
+    assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "".join(chunks)
+    assert tok.decode(ids) == seen[1][len(prompt) :] + chunks[1] + "\n<|im_end|>"
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, toy_data, capsys):

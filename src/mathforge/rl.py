@@ -303,16 +303,20 @@ class StepRollout:
         return result
 
     def encode(self, trajectory) -> tuple[list[int], list[int]]:
-        """Token ids of the completion and its env mask (1: written by the model, 0: executor output)."""
+        """Token ids of the completion and its env mask (1: written by the model, 0: executor output).
+
+        The model's chunks are kept exactly as generated (:attr:`Trajectory.context`), not re-rendered:
+        a chunk written as ``\\boxed{</answer>`` re-rendered canonically gains a newline the model never
+        sampled, and GRPO then pushes on that token forever (its log-prob fell to -27, the KL to 1e5).
+        Text the system adds (the newline after a closing tag, output blocks, the end-of-turn token after
+        the answer: generation stops at the tag) is mask 0."""
         from mathforge import steps
 
         segments: list[tuple[str, int]] = []
-        for step in trajectory.steps:
-            written = steps.render_step(step.code)
-            full = steps.render_solution([step])  # the step, then its output block (same rendering as eval)
-            segments += [(written, 1), (full[len(written) :], 0)]
+        for chunk, step in zip(trajectory.written, trajectory.steps):
+            segments += [(chunk, 1), ("\n" + steps.output_block(step), 0)]
         if trajectory.answer is not None:
-            segments.append((steps.render_answer(trajectory.answer), 1))
+            segments += [(trajectory.written[-1], 1), ("\n", 0)]
         # A broken last chunk (cut off, or a faked output block) is the model's own text: it stays in the
         # sequence, as written tokens, so that its length counts and the loss pushes it down.
         segments.append((trajectory.tail, 1))
@@ -326,7 +330,7 @@ class StepRollout:
                 mask += [m] * len(tokens)
         if trajectory.end == "answer":
             ids.append(self.end_id)
-            mask.append(1)
+            mask.append(0)
         if not ids:  # nothing usable was written: one masked padding token (TRL needs a non-empty row)
             return [self.pad_id], [0]
         return ids[: self.max_len], mask[: self.max_len]

@@ -27,12 +27,23 @@ class Trajectory:
     tail: str = ""
     """The raw last chunk when it was not a complete block (end "invalid" or "length"): not part of the
     solution, but the model wrote it, so RL scores and trains on it."""
+    written: list[str] = field(default_factory=list)
+    """Each step's chunk, then the answer's, exactly as the model generated it (the stop string kept)."""
     state: object = field(default=None, repr=False)
 
     @property
     def completion(self) -> str:
-        """The solution text, with outputs that came from the executor."""
+        """The solution text (canonical blocks), with outputs that came from the executor."""
         return steps.render_solution(self.steps, self.answer)
+
+    @property
+    def context(self) -> str:
+        """What the model continues: its steps as it wrote them, each followed by the executor's output.
+        Same as :attr:`completion` unless a chunk was not in canonical form (a missing or extra newline);
+        RL trains on exactly these tokens, so the model is never trained on text it did not write."""
+        return "".join(
+            chunk + "\n" + steps.output_block(step) for chunk, step in zip(self.written, self.steps)
+        )
 
     @property
     def code_errors(self) -> int:
@@ -59,15 +70,17 @@ def rollout(
             first = False
         else:
             one = SamplingConfig(**{**step_sampling.__dict__, "n": 1})
-            chunks = [o[0] for o in generator.generate([t.prompt + t.completion for t in active], one)]
+            chunks = [o[0] for o in generator.generate([t.prompt + t.context for t in active], one)]
         to_run = []
         for traj, chunk in zip(active, chunks):
             traj.num_tokens += chunk.num_tokens
             kind, body = steps.parse_generation(chunk.text)
             if kind == "answer":
                 traj.answer, traj.end = body.strip(), "answer"
+                traj.written.append(chunk.text)
             elif kind == "step":
                 traj.steps.append(steps.Step(code=body))
+                traj.written.append(chunk.text)
                 to_run.append(traj)
             else:
                 traj.end = "length" if chunk.finish_reason == "length" else "invalid"

@@ -105,16 +105,21 @@ def boxed_answer(value: str) -> str:
     return f"The answer is \\boxed{{{value}}}"
 
 
+def output_block(step: Step) -> str:
+    """The executor's block after ``step`` (its output, then its error if it raised); "" before it ran."""
+    if step.output is None and step.error is None:
+        return ""
+    shown = step.output or ""
+    if step.error:
+        shown = (shown + "\n" if shown else "") + step.error
+    return render_output(shown)
+
+
 def render_solution(steps: list[Step], answer: str | None = None) -> str:
     """Render executed steps (with their trusted outputs) and an optional answer."""
     parts = []
     for step in steps:
-        parts.append(render_step(step.code))
-        if step.output is not None or step.error is not None:
-            shown = step.output or ""
-            if step.error:
-                shown = (shown + "\n" if shown else "") + step.error
-            parts.append(render_output(shown))
+        parts += [render_step(step.code), output_block(step)]
     if answer is not None:
         parts.append(render_answer(answer))
     return "".join(parts)
