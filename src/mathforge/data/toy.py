@@ -1237,10 +1237,10 @@ def teacher_program(
     ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
     ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
     traces do: one more step that restates what the question asks (comments) and prints the answer
-    again. (A re-check computing the plan's check expression cost the bootstrapped policy ~10 points of
-    greedy accuracy: too much for a tiny model to copy.) Pure
-    redundancy (the answer was already printed), so a solution without it is as correct: the verbosity
-    stage-2 RL is meant to cut. A verbose solution re-checks on its own (drawn from ``rng``).
+    again. Pure redundancy (the answer was already printed), so a solution without it is as correct:
+    the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
+    bootstrapped policy ~10 points of greedy accuracy: too much for a tiny model to copy.) A verbose
+    solution re-checks on its own (drawn from ``rng``).
 
     * short: everything in one or two steps, numbers written in place;
     * standard: one step per computation, intermediate values printed (mostly);
