@@ -1239,7 +1239,7 @@ def teacher_program(
     traces do: one more step that restates what the question asks (comments) and prints the answer
     again. Pure redundancy (the answer was already printed), so a solution without it is as correct:
     the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
-    bootstrapped policy ~10 points of greedy accuracy: too much for a tiny model to copy.) A verbose
+    bootstrapped policy 12 points of greedy accuracy: too much for a tiny model to copy.) A verbose
     solution re-checks on its own (drawn from ``rng``).
 
     * short: everything in one or two steps, numbers written in place;
