@@ -86,32 +86,29 @@ def teacher_style_tokens(data: Path, samples: Path, tokenizer_dir: Path) -> dict
     plans = toy.iter_plans(
         meta["counts"]["test"], "test", meta["seed"], meta["levels"], meta["families"], weights
     )
-    variants = [
-        ("short", False),
-        ("short", True),
-        ("standard", False),
-        ("standard", True),
-        ("verbose", False),
-    ]
-    counts: dict[str, list[int]] = {style + " re-checked" * recheck: [] for style, recheck in variants}
+    variants = {
+        "short": ("short", False),
+        "short re-checked": ("short", True),
+        "standard": ("standard", False),
+        "standard re-checked": ("standard", True),
+        "verbose": ("verbose", False),
+    }
+    counts: dict[str, list[int]] = {name: [] for name in variants}
     for _, _, plan, _, digest in plans:
         if f"toy-{digest[:16]}" not in ids:
             continue
-        for style, recheck in variants:
+        for name, (style, recheck) in variants.items():
             codes = toy.teacher_program(plan, random.Random(digest), style, recheck=recheck)
             text = render_solution([Step(code=c) for c in codes], boxed_answer(str(plan.answer)))
-            counts[style + " re-checked" * recheck].append(
-                len(tok(text, add_special_tokens=False)["input_ids"])
-            )
+            counts[name].append(len(tok(text, add_special_tokens=False)["input_ids"]))
     return {style: sum(v) / len(v) for style, v in counts.items() if v}
 
 
-def rechecked_share(eval_dir: Path) -> float:
+def rechecked_share(samples: list[dict]) -> float:
     """Share of the evaluated solutions (%) that re-check after printing the answer (the toy's redundant step)."""
     from mathforge.data.toy import RECHECK_COMMENT
 
-    texts = [json.loads(line)["completion"] for line in (eval_dir / "samples.jsonl").read_text().splitlines()]
-    return 100 * sum(RECHECK_COMMENT in t for t in texts) / max(len(texts), 1)
+    return 100 * sum(RECHECK_COMMENT in s["completion"] for s in samples) / max(len(samples), 1)
 
 
 def main() -> None:
@@ -146,9 +143,10 @@ def main() -> None:
     after = evaluate(rl_dir, data, out / "eval_after", args.n, args.backend)
 
     floor = teacher_style_tokens(data, out / "eval_before" / "samples.jsonl", policy)
-    before["rechecked_percent"] = rechecked_share(out / "eval_before")
-    after["rechecked_percent"] = rechecked_share(out / "eval_after")
-    pairs = paired(load_samples(out / "eval_before"), load_samples(out / "eval_after"))
+    samples_before, samples_after = load_samples(out / "eval_before"), load_samples(out / "eval_after")
+    before["rechecked_percent"] = rechecked_share(samples_before)
+    after["rechecked_percent"] = rechecked_share(samples_after)
+    pairs = paired(samples_before, samples_after)
     cut = 100 * (1 - after["mean_tokens"] / before["mean_tokens"])
     delta = after["accuracy"] - before["accuracy"]
     ok = cut >= 30 and delta >= -1

@@ -305,18 +305,12 @@ class StepRollout:
     def encode(self, trajectory) -> tuple[list[int], list[int]]:
         """Token ids of the completion and its env mask (1: written by the model, 0: executor output).
 
-        The model's chunks are kept exactly as generated (:attr:`Trajectory.context`), not re-rendered:
+        The model's chunks are kept exactly as generated (:meth:`Trajectory.segments`), not re-rendered:
         a chunk written as ``\\boxed{</answer>`` re-rendered canonically gains a newline the model never
         sampled, and GRPO then pushes on that token forever (its log-prob fell to -27, the KL to 1e5).
         Text the system adds (the newline after a closing tag, output blocks, the end-of-turn token after
         the answer: generation stops at the tag) is mask 0."""
-        from mathforge import steps
-
-        segments: list[tuple[str, int]] = []
-        for chunk, step in zip(trajectory.written, trajectory.steps):
-            segments += [(chunk, 1), ("\n" + steps.output_block(step), 0)]
-        if trajectory.answer is not None:
-            segments += [(trajectory.written[-1], 1), ("\n", 0)]
+        segments = [(text, int(by_model)) for text, by_model in trajectory.segments()]
         # A broken last chunk (cut off, or a faked output block) is the model's own text: it stays in the
         # sequence, as written tokens, so that its length counts and the loss pushes it down.
         segments.append((trajectory.tail, 1))

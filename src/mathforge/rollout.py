@@ -36,14 +36,23 @@ class Trajectory:
         """The solution text (canonical blocks), with outputs that came from the executor."""
         return steps.render_solution(self.steps, self.answer)
 
+    def segments(self) -> list[tuple[str, bool]]:
+        """The trajectory as ``(text, written by the model)`` pieces: each step's chunk as generated, then
+        the newline closing it and the executor's output block; then the answer's chunk and its newline.
+        Joined, they are what the model continued (:attr:`context`); RL trains on exactly these tokens."""
+        pieces = []
+        for chunk, step in zip(self.written, self.steps):
+            pieces += [(chunk, True), ("\n" + steps.output_block(step), False)]
+        if self.answer is not None:
+            pieces += [(self.written[-1], True), ("\n", False)]
+        return pieces
+
     @property
     def context(self) -> str:
         """What the model continues: its steps as it wrote them, each followed by the executor's output.
-        Same as :attr:`completion` unless a chunk was not in canonical form (a missing or extra newline);
-        RL trains on exactly these tokens, so the model is never trained on text it did not write."""
-        return "".join(
-            chunk + "\n" + steps.output_block(step) for chunk, step in zip(self.written, self.steps)
-        )
+        Same as :attr:`completion` unless a chunk was not in canonical form (a missing or extra newline),
+        so the model is never trained on text it did not write."""
+        return "".join(text for text, _ in self.segments())
 
     @property
     def code_errors(self) -> int:

@@ -20,8 +20,8 @@ Each record::
   Its length varies on purpose (a per-problem seeded choice of a short, standard or verbose
   style: restating the problem, printing intermediate values, re-checking with ``assert``), and most
   short and standard solutions (``recheck_rate``, 0.75) go on after the answer is printed with a step
-  that re-reads the question and prints the answer again: redundancy that costs no accuracy to drop, like the re-verification in
-  long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy decoding follows a
+  that re-reads the question and prints the answer again: redundancy that costs no accuracy to drop,
+  like the re-verification in long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy decoding follows a
   solution's most likely course, so a stage-1 policy writes these re-checks only because most
   teacher solutions do; a minority style such as verbose hardly shows in its greedy solutions.)
 * ``kind`` and ``params`` describe the underlying math problem (independent of wording, names and
@@ -57,9 +57,8 @@ TEST_SHARE = 0.2  # share of the problem space (by hash) that belongs to the tes
 STYLES = ("short", "standard", "verbose")
 STYLE_WEIGHTS = (3, 4, 3)
 RECHECK_RATE = 0.75
-RECHECK_COMMENT = (
-    "# Double-check before answering."  # opens the re-check step (scripts/rl_tokens.py counts it)
-)
+# opens the re-check step (scripts/rl_tokens.py counts the solutions that carry it)
+RECHECK_COMMENT = "# Double-check before answering."
 
 NAMES = (
     "Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena", "Mateo",
@@ -1565,8 +1564,8 @@ class ToyDataConfig:
         default=RECHECK_RATE,
         metadata={
             "help": "Share of short and standard teacher solutions that, once the answer is printed, re-read "
-            "the question and print the answer again (one more step): redundant re-verification, as in long reasoning traces, for "
-            "stage-2 RL to cut. Changes solutions only, never which problems are drawn."
+            "the question and print the answer again (one more step): redundant re-verification, as in long "
+            "reasoning traces, for stage-2 RL to cut. Changes solutions only, never which problems are drawn."
         },
     )
 
