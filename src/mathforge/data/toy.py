@@ -1235,8 +1235,8 @@ def teacher_program(
 
     ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
     ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
-    traces do: one more step that restates what the question asks (comments) and prints the answer
-    again. Pure redundancy (the answer was already printed), so a solution without it is as correct:
+    traces do: one more step that re-reads the problem and restates what it asks (comments) and
+    prints the answer again. Pure redundancy (the answer was already printed), so a solution without it is as correct:
     the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
     bootstrapped policy 12 points of greedy accuracy: too much for a tiny model to copy.) A verbose
     solution re-checks on its own (drawn from ``rng``).
@@ -1291,7 +1291,7 @@ def teacher_program(
             lines.append(f"print({group[-1][2]})")
         steps.append("\n".join(lines))
     if recheck:  # one step (one more executor call), since search and RL pay per step
-        lines = [RECHECK_COMMENT, f"# The question asks for {plan.goal}."]
+        lines = [RECHECK_COMMENT, f"# Re-read the problem: {plan.text}", f"# It asks for {plan.goal}."]
         lines += ["# The last value printed is that, so it is the answer: print it again.", f"print({final})"]
         steps.append("\n".join(lines))
     return steps
