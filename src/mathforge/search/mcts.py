@@ -77,6 +77,10 @@ class SearchConfig:
     backend: str = field(
         default="transformers", metadata={"help": "Generation backend: vllm or transformers."}
     )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Policy dtype (auto: the model's; bfloat16 samples ~1.5x faster on a CPU with AMX)."},
+    )
     ppm_path: str | None = field(
         default=None,
         metadata={"help": "PPM for initial node values (round 2+); None: terminal rewards only."},
@@ -592,7 +596,7 @@ def search(
 
         torch.manual_seed(config.seed)
         extra = {"seed": config.seed} if config.backend == "vllm" else {}
-        generator = load_generator(config.backend, config.model_name_or_path, **extra)
+        generator = load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **extra)
     if scorer is None and config.ppm_path:
         scorer = load_ppm(config.ppm_path)
     own_executor = executor is None
