@@ -23,7 +23,9 @@ def micro_config(runs_dir: Path, name: str = "micro", **changes) -> dict:
         "name": name,
         "runs_dir": str(runs_dir),
         "tiny_model": {"size": "micro", "seed": 0},
-        "toy_data": {"n_train": 8, "n_test": 8, "seed": 0, "levels": [1]},
+        # no re-check step: with it (one that copies the problem), the micro model solved each problem either
+        # always or never, so its search left no node with both a correct and a wrong leaf (no pairs)
+        "toy_data": {"n_train": 8, "n_test": 8, "seed": 0, "levels": [1], "recheck_rate": 0.0},
         "eval_problems": 4,
         "rounds": [{"num_rollouts": 16, "num_candidates": 4, "max_problems": 8}],
         "sft_recipe": str(REPO / "recipes/tiny/sft/config_toy.yaml"),
