@@ -187,7 +187,7 @@ def test_search_resumes_after_a_kill(policy, problems, tmp_path, capsys):
     args = [
         "--model_name_or_path", str(policy), "--dataset_name", str(problems), "--max_problems", "3",
         "--output_file", str(out), "--batch_problems", "1", "--num_rollouts", "3", "--num_candidates", "3",
-        "--max_depth", "5", "--dtype", "bfloat16",  # the policy in bf16 (the demo's setting) on this path
+        "--max_depth", "5", "--dtype", "bfloat16",  # and the policy loaded in bf16 through `dtype`
     ]  # fmt: skip
     log = open(tmp_path / "stderr.txt", "w+")
     cmd = [sys.executable, "-m", "mathforge.cli", "search", *args]

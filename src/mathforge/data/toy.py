@@ -1236,8 +1236,8 @@ def teacher_program(
     ``style``: one of :data:`STYLES`; None draws it from ``rng`` with ``weights`` (short, standard, verbose).
     ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
     traces do: one more step that re-reads the problem and restates what it asks (comments) and
-    prints the answer again. Pure redundancy (the answer was already printed), so a solution without it is as correct:
-    the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
+    prints the answer again. Pure redundancy (the answer was already printed), so a solution without
+    it is as correct: the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
     bootstrapped policy 12 points of greedy accuracy: too much for a tiny model to copy.) A verbose
     solution re-checks on its own (drawn from ``rng``).
 
