@@ -5,6 +5,7 @@ code the executor runs during the rollouts.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_rollout_outputs_come_from_the_executor(grpo_run):
         # the model never opens one itself (generation stops at "<output>"; a broken last chunk ending in it
         # is kept for the loss, and may hold any other tags)
         body = text.strip().removesuffix(steps.OUTPUT_OPEN)
-        starts = [i for i in range(len(body)) if body.startswith(steps.OUTPUT_OPEN, i)]
+        starts = [m.start() for m in re.finditer(re.escape(steps.OUTPUT_OPEN), body)]
         if not starts:
             continue
         codes = [s.code for s in steps.parse_completion(body[: starts[-1]]).steps]

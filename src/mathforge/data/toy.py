@@ -20,9 +20,9 @@ Each record::
   Its length varies on purpose (a per-problem seeded choice of a short, standard or verbose
   style: restating the problem, printing intermediate values, re-checking with ``assert``), and most
   short and standard solutions (``recheck_rate``, 0.75) go on after the answer is printed with a step
-  that re-reads the question and prints the answer again: redundancy that costs no accuracy to drop,
-  like the re-verification in long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy decoding follows a
-  solution's most likely course, so a stage-1 policy writes these re-checks only because most
+  that re-reads the problem and prints the answer again: redundancy that costs no accuracy to drop,
+  like the re-verification in long reasoning traces, so that stage-2 RL has verbosity to cut. (Greedy
+  decoding follows a solution's most likely course, so a stage-1 policy writes these re-checks only because most
   teacher solutions do; a minority style such as verbose hardly shows in its greedy solutions.)
 * ``kind`` and ``params`` describe the underlying math problem (independent of wording, names and
   objects); ``id`` is a hash of them.
@@ -1237,9 +1237,9 @@ def teacher_program(
     ``recheck``: a short or standard solution goes on after its answer is printed, as long reasoning
     traces do: one more step that re-reads the problem and restates what it asks (comments) and
     prints the answer again. Pure redundancy (the answer was already printed), so a solution without
-    it is as correct: the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check expression cost the
-    bootstrapped policy 12 points of greedy accuracy: too much for a tiny model to copy.) A verbose
-    solution re-checks on its own (drawn from ``rng``).
+    it is as correct: the verbosity stage-2 RL is meant to cut. (A re-check computing the plan's check
+    expression cost the bootstrapped policy 12 points of greedy accuracy: too much for a tiny model to
+    copy.) A verbose solution re-checks on its own (drawn from ``rng``).
 
     * short: everything in one or two steps, numbers written in place;
     * standard: one step per computation, intermediate values printed (mostly);
@@ -1564,7 +1564,7 @@ class ToyDataConfig:
         default=RECHECK_RATE,
         metadata={
             "help": "Share of short and standard teacher solutions that, once the answer is printed, re-read "
-            "the question and print the answer again (one more step): redundant re-verification, as in long "
+            "the problem and print the answer again (one more step): redundant re-verification, as in long "
             "reasoning traces, for stage-2 RL to cut. Changes solutions only, never which problems are drawn."
         },
     )
