@@ -104,6 +104,12 @@ def test_output_paths_cannot_be_overridden_and_placeholders_resolve(tmp_path):
         ({"ppm_recipe": None}, "round 1, step ppm: no ppm_recipe"),
         ({"bootstrap": {"max_stepz": 3}}, "round 0, step sft: unknown key 'max_stepz'"),
         ({"rounds": [{"num_rollouts": 4, "ppm": {"lr": 1}}]}, "round 1, step ppm: unknown key 'lr'"),
+        ({"threads": {"serch": 1}}, "unknown stage 'serch' in threads"),
+        (
+            {"subprocess": ["search"], "threads": {"search": 0}},
+            "threads of search must be a whole number >= 1",
+        ),
+        ({"threads": {"search": 1}}, "threads of search: the stage runs inside evolve's process"),
     ],
 )
 def test_bad_config_is_one_line_naming_round_and_step(tmp_path, changes, message):
@@ -111,6 +117,24 @@ def test_bad_config_is_one_line_naming_round_and_step(tmp_path, changes, message
         plan_of(tmp_path, **changes).validate()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_threads_set_omp_num_threads_of_a_stage_process(tmp_path, monkeypatch):
+    """`threads` reaches the stage's process as OMP_NUM_THREADS and is written into step_command.sh. The
+    stage command is replaced by a real Python process that prints its environment (no stage runs)."""
+    import mathforge.evolve as evolve_module
+
+    plan = plan_of(tmp_path, subprocess=["search"], threads={"search": 1})
+    step = next(s for s in plan.steps if s.label == "round 1, step search")
+    probe = [sys.executable, "-c", "import os; print('threads:', os.environ['OMP_NUM_THREADS'])"]
+    monkeypatch.setattr(evolve_module, "command", lambda step, config: probe)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    evolve_module.run_step(step, plan.config)
+    assert "threads: 1" in (step.out / "step.log").read_text()
+    assert (step.out / "step_command.sh").read_text().startswith("OMP_NUM_THREADS=1 ")
+    other = next(s for s in plan.steps if s.label == "round 1, step eval_greedy")
+    evolve_module.run_step(other, plan.config)  # a stage without threads keeps the caller's
+    assert "threads: 2" in (other.out / "step.log").read_text()
 
 
 def test_cli_bad_config_exit_code_and_one_line(tmp_path, capsys):

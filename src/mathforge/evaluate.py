@@ -70,7 +70,12 @@ class EvalConfig:
         },
     )
     backend: str = field(default="vllm", metadata={"help": "Generation backend: vllm or transformers."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, bfloat16, float32, ...)."})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Model dtype: auto (the model's; vLLM on CPU runs a float32 model in bfloat16), bfloat16, float32, ..."
+        },
+    )
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model copy."})
     data_parallel_size: int = field(
         default=1,

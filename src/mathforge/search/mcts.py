@@ -79,7 +79,10 @@ class SearchConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Policy dtype: auto (the model's), bfloat16, float32, ..."},
+        metadata={
+            "help": "Policy dtype: auto (the model's; vLLM on CPU runs a float32 model in bfloat16), bfloat16, "
+            "float32, ..."
+        },
     )
     ppm_path: str | None = field(
         default=None,
