@@ -13,7 +13,8 @@ file merged with the run's overrides, written as ``step_recipe.yaml`` into the s
 ``step_command.sh``, so any step can be re-run by hand. A stage with an accelerate config is launched
 with ``accelerate launch --config_file X -m mathforge.<stage>``; the stages listed in ``subprocess`` run
 in their own Python process (``[all]`` on GPUs, where a vLLM engine keeps its memory until its process
-ends); the others run in this process. Each step's output goes to ``step.log`` in its folder.
+ends); the others run in this process. ``threads`` sets ``OMP_NUM_THREADS`` of a stage's own process.
+Each step's output goes to ``step.log`` in its folder.
 
 **Resuming.** A step is finished when its real outputs exist (a trainer's ``model.safetensors`` and
 recipe, trees for every problem, extraction's ``stats.json``, an evaluation's ``results.json``), not
@@ -171,8 +172,8 @@ class EvolveConfig:
         default_factory=dict,
         metadata={
             "help": "stage -> OMP_NUM_THREADS of its process (stages in `subprocess` or `accelerate`). On a "
-            "2-core CPU the search is faster with 1: vLLM then leaves the other core to the executor's "
-            "processes instead of spinning on it (tiny demo, 160 problems of round 1: 71 s vs 101 s)."
+            "2-core CPU the search is faster with 1, where vLLM's threads would compete with the executor's "
+            "processes for the cores (tiny demo, 160 problems of round 1: 71 s vs 101 s with 2)."
         },
     )
     log_to_console: bool = field(
