@@ -35,6 +35,7 @@ from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
 from mathforge.eval.parallel import run_data_parallel
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, answer_of, score_predictions
+from mathforge.generation import DTYPE_HELP
 from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
@@ -70,12 +71,7 @@ class EvalConfig:
         },
     )
     backend: str = field(default="vllm", metadata={"help": "Generation backend: vllm or transformers."})
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Model dtype: auto (the model's; vLLM on CPU runs a float32 model in bfloat16), bfloat16, float32, ..."
-        },
-    )
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM: GPUs per model copy."})
     data_parallel_size: int = field(
         default=1,

@@ -276,7 +276,7 @@ class Plan:
         for stage, n in c.threads.items():
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise UserError(f"threads of {stage} must be a whole number >= 1, not {n!r}")
-            if stage not in c.accelerate and stage not in c.subprocess and "all" not in c.subprocess:
+            if not runs_in_own_process(stage, c):
                 raise UserError(
                     f"threads of {stage}: the stage runs inside evolve's process, where the thread count is "
                     f"already set; add {stage} to subprocess"
@@ -542,16 +542,21 @@ def _output_to(log: Path, console: bool):
             os.close(saved[1])
 
 
+def runs_in_own_process(stage: str, config: EvolveConfig) -> bool:
+    """Whether a stage is launched with accelerate or listed in ``subprocess`` (else it runs in evolve's process)."""
+    return stage in config.accelerate or stage in config.subprocess or "all" in config.subprocess
+
+
 def command(step: Step, config: EvolveConfig) -> list[str] | None:
     """The command line of a step run in its own process, or None to run it in this one."""
+    if not runs_in_own_process(step.stage, config):
+        return None
     recipe = str(step.out / "step_recipe.yaml")
     module = MODULES[step.stage]
     if step.stage in config.accelerate:
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate[step.stage],
                 "-m", module, "--config", recipe]  # fmt: skip
-    if step.stage in config.subprocess or "all" in config.subprocess:
-        return [sys.executable, "-m", module, "--config", recipe]
-    return None
+    return [sys.executable, "-m", module, "--config", recipe]
 
 
 def _last_error(log: Path) -> str:

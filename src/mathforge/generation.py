@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 
 from mathforge.errors import UserError
 
+# help of the `dtype` option of every command that loads a generator
+DTYPE_HELP = (
+    "Model dtype: auto (the model's; vLLM on CPU runs a float32 model in bfloat16), bfloat16, float32, ..."
+)
+
 
 @dataclass
 class SamplingConfig:

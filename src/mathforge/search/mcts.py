@@ -63,7 +63,7 @@ from mathforge import steps
 from mathforge.config import parse_config
 from mathforge.data.loading import DataArguments, load_from_args
 from mathforge.errors import UserError
-from mathforge.generation import SamplingConfig
+from mathforge.generation import DTYPE_HELP, SamplingConfig
 
 WRONG_REASONS = ("wrong", "too_deep", "code_errors")  # -1 leaves that are real solution attempts
 Scorer = Callable[[list[str]], list[float]]
@@ -77,13 +77,7 @@ class SearchConfig:
     backend: str = field(
         default="transformers", metadata={"help": "Generation backend: vllm or transformers."}
     )
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Policy dtype: auto (the model's; vLLM on CPU runs a float32 model in bfloat16), bfloat16, "
-            "float32, ..."
-        },
-    )
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     ppm_path: str | None = field(
         default=None,
         metadata={"help": "PPM for initial node values (round 2+); None: terminal rewards only."},
