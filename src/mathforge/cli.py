@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    name = COMMANDS[command][0]
+    if command == "rl" and importlib.import_module("mathforge.verl.launcher").wants_verl(argv[1:]):
+        name = "mathforge.verl.launcher"  # `--backend verl` (or `backend: verl` in the recipe)
+    module = importlib.import_module(name)
     return run_main(module.main, argv[1:], f"mathforge {command}")
 
 
