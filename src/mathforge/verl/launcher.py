@@ -50,22 +50,30 @@ class VerlArguments:
     """Recipe of `mathforge rl --backend verl` (step-format and reward settings: their own dataclasses)."""
 
     backend: str = field(default="verl", metadata={"help": "RL backend: verl here (trl: `mathforge rl`)."})
-    dry_run: bool = field(default=False, metadata={"help": "Print and validate the verl overrides; run nothing."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print and validate the verl overrides; run nothing."}
+    )
     algorithm: str = field(default="ppo", metadata={"help": "ppo (GAE, with a critic) or grpo (no critic)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "The stage-1 policy (HF folder)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Problems: Hub id or local file/folder."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Problems: Hub id or local file/folder."}
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(
         default=None, metadata={"help": "Split verl validates on every test_steps (None: no validation)."}
     )
     problem_column: str | None = field(default=None, metadata={"help": "Question column; default: detected."})
-    answer_column: str | None = field(default=None, metadata={"help": "Gold answer column; default: detected."})
+    answer_column: str | None = field(
+        default=None, metadata={"help": "Gold answer column; default: detected."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N problems only."})
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message of every prompt (None: none, as SFT trains)."}
     )
-    output_dir: str = field(default="runs/rl-verl", metadata={"help": "Merged HF model; verl/ holds the run."})
+    output_dir: str = field(
+        default="runs/rl-verl", metadata={"help": "Merged HF model; verl/ holds the run."}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy", "format"],
         metadata={"help": f"Rewards by name, from: {', '.join(TERMS)}."},
@@ -75,18 +83,28 @@ class VerlArguments:
     n_gpus_per_node: int = field(default=8, metadata={"help": "trainer.n_gpus_per_node."})
     train_batch_size: int = field(default=32, metadata={"help": "data.train_batch_size: problems per step."})
     num_generations: int = field(default=8, metadata={"help": "rollout.n: solutions per problem."})
-    ppo_mini_batch_size: int = field(default=32, metadata={"help": "Problems per PPO update (x num_generations)."})
-    ppo_micro_batch_size_per_gpu: int = field(default=4, metadata={"help": "Sequences per forward pass per GPU."})
+    ppo_mini_batch_size: int = field(
+        default=32, metadata={"help": "Problems per PPO update (x num_generations)."}
+    )
+    ppo_micro_batch_size_per_gpu: int = field(
+        default=4, metadata={"help": "Sequences per forward pass per GPU."}
+    )
     ppo_epochs: int = field(default=1, metadata={"help": "Passes over each batch of rollouts."})
     max_prompt_length: int = field(default=1024, metadata={"help": "data.max_prompt_length (tokens)."})
     max_completion_length: int = field(
         default=3072, metadata={"help": "data.max_response_length: model + executor tokens of a solution."}
     )
     learning_rate: float = field(default=1e-6, metadata={"help": "Actor learning rate."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "constant or cosine (actor and critic)."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "constant or cosine (actor and critic)."}
+    )
     warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps with a linear warm-up."})
-    beta: float = field(default=0.0, metadata={"help": "KL loss coefficient against the reference (0: none)."})
-    kl_loss_type: str = field(default="low_var_kl", metadata={"help": "verl's kl_loss_type (k3: low_var_kl)."})
+    beta: float = field(
+        default=0.0, metadata={"help": "KL loss coefficient against the reference (0: none)."}
+    )
+    kl_loss_type: str = field(
+        default="low_var_kl", metadata={"help": "verl's kl_loss_type (k3: low_var_kl)."}
+    )
     clip_ratio: float = field(default=0.2, metadata={"help": "PPO clip range of the policy ratio."})
     entropy_coeff: float = field(default=0.0, metadata={"help": "Entropy bonus coefficient."})
     loss_agg_mode: str = field(default="token-mean", metadata={"help": "verl's loss_agg_mode."})
@@ -100,29 +118,39 @@ class VerlArguments:
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism of rollouts."})
     gpu_memory_utilization: float = field(default=0.5, metadata={"help": "vLLM's share of GPU memory."})
     attn_implementation: str = field(
-        default="sdpa", metadata={"help": "sdpa (no flash-attn needed) or flash_attention_2 (verl's default)."}
+        default="sdpa",
+        metadata={"help": "sdpa (no flash-attn needed) or flash_attention_2 (verl's default)."},
     )
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Activation checkpointing."})
-    param_offload: bool = field(default=False, metadata={"help": "FSDP parameter and optimizer offload to CPU."})
+    param_offload: bool = field(
+        default=False, metadata={"help": "FSDP parameter and optimizer offload to CPU."}
+    )
     num_train_epochs: int = field(default=1, metadata={"help": "trainer.total_epochs."})
-    max_steps: int | None = field(default=None, metadata={"help": "trainer.total_training_steps (None: epochs)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "trainer.total_training_steps (None: epochs)."}
+    )
     save_steps: int = field(default=-1, metadata={"help": "trainer.save_freq (-1: only at the end)."})
     test_steps: int = field(default=-1, metadata={"help": "trainer.test_freq (-1: never)."})
     seed: int = field(default=42, metadata={"help": "Data shuffling seed."})
     logger: list[str] = field(default_factory=lambda: ["console"], metadata={"help": "console, wandb, ..."})
     project_name: str = field(default="mathforge", metadata={"help": "trainer.project_name."})
     ray_address: str | None = field(
-        default=None, metadata={"help": "Ray dashboard address (http://head:8265): submit with `ray job submit`."}
+        default=None,
+        metadata={"help": "Ray dashboard address (http://head:8265): submit with `ray job submit`."},
     )
     verl_python: str = field(
         default=".venv-verl/bin/python", metadata={"help": "Python of the verl environment (make venv-verl)."}
     )
-    verl_overrides: list[str] = field(default_factory=list, metadata={"help": "Raw Hydra overrides, appended."})
+    verl_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Raw Hydra overrides, appended."}
+    )
     merge: bool = field(default=True, metadata={"help": "Merge the last FSDP checkpoint into output_dir."})
 
     def __post_init__(self):
         if self.backend != "verl":
-            raise ValueError(f"backend must be verl here, not {self.backend!r} (the TRL backend: mathforge rl)")
+            raise ValueError(
+                f"backend must be verl here, not {self.backend!r} (the TRL backend: mathforge rl)"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be ppo or grpo on the verl backend, not {self.algorithm!r}")
 
@@ -239,7 +267,13 @@ def reward_kwargs(args: VerlArguments, reward: RewardArguments) -> dict:
 
 def agent_loop_entries(loop: StepLoopConfig) -> list[dict]:
     """verl's agent-loop config file: our loop's class and its constructor kwargs."""
-    return [{"name": AGENT_NAME, "_target_": "mathforge.verl.agent_loop.StepAgentLoop", **dataclasses.asdict(loop)}]
+    return [
+        {
+            "name": AGENT_NAME,
+            "_target_": "mathforge.verl.agent_loop.StepAgentLoop",
+            **dataclasses.asdict(loop),
+        }
+    ]
 
 
 def build_overrides(args: VerlArguments, loop: StepLoopConfig, reward: RewardArguments) -> list[str]:
@@ -248,9 +282,11 @@ def build_overrides(args: VerlArguments, loop: StepLoopConfig, reward: RewardArg
     p = paths(args)
     ppo = args.algorithm == "ppo"
     flash = args.attn_implementation == "flash_attention_2"
-    model = os.path.abspath(os.path.expanduser(args.model_name_or_path)) if os.path.exists(
-        os.path.expanduser(args.model_name_or_path)
-    ) else args.model_name_or_path
+    model = (
+        os.path.abspath(os.path.expanduser(args.model_name_or_path))
+        if os.path.exists(os.path.expanduser(args.model_name_or_path))
+        else args.model_name_or_path
+    )
     experiment = Path(args.output_dir).name
     o = {
         "algorithm.adv_estimator": ALGORITHMS[args.algorithm],
@@ -344,9 +380,15 @@ def verl_config_dir() -> Path:
             f"verl is not installed here: pip install --no-deps verl=={VERL_VERSION} hydra-core (scripts/install.sh)"
         )
     root = Path(list(spec.submodule_search_locations)[0])
-    version = (root / "version" / "version").read_text().strip() if (root / "version" / "version").is_file() else "?"
+    version = (
+        (root / "version" / "version").read_text().strip()
+        if (root / "version" / "version").is_file()
+        else "?"
+    )
     if version != VERL_VERSION:
-        raise UserError(f"verl {version} is installed; these overrides are for verl {VERL_VERSION} (pip install verl=={VERL_VERSION})")
+        raise UserError(
+            f"verl {version} is installed; these overrides are for verl {VERL_VERSION} (pip install verl=={VERL_VERSION})"
+        )
     return root / "trainer" / "config"
 
 
@@ -376,7 +418,9 @@ def validate_with_verl(config) -> bool:
     except ImportError:
         return False
     try:
-        validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        validate_config(
+            config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+        )
     except (AssertionError, ValueError) as err:
         raise UserError(f"verl's validate_config: {err}") from None
     return True
@@ -390,7 +434,18 @@ def command(args: VerlArguments, overrides: list[str]) -> list[str]:
     main = [args.verl_python, "-m", "verl.trainer.main_ppo", *overrides]
     if args.ray_address:
         ray = str(Path(args.verl_python).with_name("ray"))
-        return [ray, "job", "submit", "--address", args.ray_address, "--", "python", "-m", "verl.trainer.main_ppo", *overrides]
+        return [
+            ray,
+            "job",
+            "submit",
+            "--address",
+            args.ray_address,
+            "--",
+            "python",
+            "-m",
+            "verl.trainer.main_ppo",
+            *overrides,
+        ]
     return main
 
 
@@ -442,11 +497,19 @@ def run(args: VerlArguments, loop: StepLoopConfig, reward: RewardArguments) -> l
         config = compose(overrides)
         verified = validate_with_verl(config)
         critic = "with a critic" if args.algorithm == "ppo" else "no critic"
-        how = "composed and validate_config passed" if verified else "composed with Hydra (validate_config: in .venv-verl)"
-        print(f"dry run: {len(overrides)} overrides, {args.algorithm} ({critic}), {how} against verl {VERL_VERSION}")
+        how = (
+            "composed and validate_config passed"
+            if verified
+            else "composed with Hydra (validate_config: in .venv-verl)"
+        )
+        print(
+            f"dry run: {len(overrides)} overrides, {args.algorithm} ({critic}), {how} against verl {VERL_VERSION}"
+        )
         return overrides
     if not args.ray_address and not Path(args.verl_python).is_file():
-        raise UserError(f"no verl environment at {args.verl_python}: run `make venv-verl` (or set verl_python)")
+        raise UserError(
+            f"no verl environment at {args.verl_python}: run `make venv-verl` (or set verl_python)"
+        )
     compose(overrides)  # a bad key fails here, before data is written or GPUs are taken
     import yaml
 
@@ -455,7 +518,9 @@ def run(args: VerlArguments, loop: StepLoopConfig, reward: RewardArguments) -> l
     p["agent_loops"].write_text(yaml.safe_dump(agent_loop_entries(loop), sort_keys=False))
     print(shlex.join(cmd), flush=True)
     if subprocess.run(cmd).returncode:
-        raise UserError(f"verl training failed (see its log above); checkpoints, if any, are in {p['checkpoints']}")
+        raise UserError(
+            f"verl training failed (see its log above); checkpoints, if any, are in {p['checkpoints']}"
+        )
     if args.merge:
         actor = last_checkpoint(p["checkpoints"])
         if actor is None:
@@ -469,7 +534,9 @@ def run(args: VerlArguments, loop: StepLoopConfig, reward: RewardArguments) -> l
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, loop, reward = parse_config([VerlArguments, StepLoopConfig, RewardArguments], argv, prog="mathforge rl")
+    args, loop, reward = parse_config(
+        [VerlArguments, StepLoopConfig, RewardArguments], argv, prog="mathforge rl"
+    )
     return run(args, loop, reward)
 
 

@@ -89,7 +89,11 @@ def _length(solution: str, extra_info: dict, unit: str) -> int:
 
 
 def _prompt_messages(extra_info: dict) -> list[dict]:
-    messages = [{"role": "system", "content": extra_info["system_prompt"]}] if extra_info.get("system_prompt") else []
+    messages = (
+        [{"role": "system", "content": extra_info["system_prompt"]}]
+        if extra_info.get("system_prompt")
+        else []
+    )
     return messages + [{"role": "user", "content": str(extra_info.get("problem", ""))}]
 
 
@@ -126,7 +130,7 @@ def score_terms(solution: str, gold: str, extra_info: dict, names, args: RewardA
             scorer = _ppm(args)
             reward = rewards.PPMReward(
                 scorer,
-                lambda messages: scorer.tokenizer.apply_chat_template(
+                lambda messages, scorer=scorer: scorer.tokenizer.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True
                 ),
                 args.ppm_aggregation,
@@ -152,7 +156,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
             raise ValueError(f"{len(weights)} reward_weights for {len(names)} reward_funcs")
         info = dict(extra_info or {})
         solution = solution_str if isinstance(solution_str, str) else ""
-        result = score_terms(solution, "" if ground_truth is None else ground_truth, info, names, reward_arguments(kwargs))
+        result = score_terms(
+            solution, "" if ground_truth is None else ground_truth, info, names, reward_arguments(kwargs)
+        )
         correct, terms = result["correct"], result["terms"]
         total = 0.0
         for name, weight in zip(names, weights):
@@ -163,7 +169,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
         out["score"] = total
         out["acc"] = float(correct is True)
         out["gold_unparseable"] = float(correct is None)
-        out["answered"] = float(info.get("rollout_end", "answer") == "answer" and bool(rewards.graded_text(solution)))
+        out["answered"] = float(
+            info.get("rollout_end", "answer") == "answer" and bool(rewards.graded_text(solution))
+        )
     except Exception as err:  # a reward worker must go on: this rollout scores 0 and is counted
         logger.warning("mathforge reward failed on one rollout (%s: %s); score 0", type(err).__name__, err)
         out = {key: 0.0 for key in out}
