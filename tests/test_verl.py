@@ -265,7 +265,7 @@ def _parse(path, *extra):
     )
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.parent.parent.name}-{p.stem}")
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.parent.name}-{p.stem}")
 def test_shipped_recipes_compose_against_verl(recipe):
     args, loop, reward = _parse(recipe)
     overrides = launcher.build_overrides(args, loop, reward)

@@ -532,6 +532,23 @@ def run(args: VerlArguments, loop: StepLoopConfig, reward: RewardArguments) -> l
     return overrides
 
 
+def from_recipe(
+    path: str | os.PathLike, **overrides
+) -> tuple[VerlArguments, StepLoopConfig, RewardArguments]:
+    """The recipe's three dataclasses without TRL's parser (which the verl environment lacks); keys as in YAML."""
+    data = {**load_yaml(path), **overrides}
+    data.pop("env", None)
+    out, known = [], set()
+    for cls in (VerlArguments, StepLoopConfig, RewardArguments):
+        names = {f.name for f in dataclasses.fields(cls)}
+        known |= names
+        out.append(cls(**{k: v for k, v in data.items() if k in names}))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown key '{unknown[0]}' in {path}")
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args, loop, reward = parse_config(
@@ -540,7 +557,7 @@ def main(argv: list[str] | None = None):
     return run(args, loop, reward)
 
 
-__all__ = ["VerlArguments", "build_overrides", "check", "compose", "main", "run", "wants_verl"]
+__all__ = ["VerlArguments", "build_overrides", "check", "compose", "from_recipe", "main", "run", "wants_verl"]
 
 
 if __name__ == "__main__":
