@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean venv-verl test-verl gpu-check-verl
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
@@ -28,6 +28,24 @@ bench: $(STAMP)
 	PYTHONPATH=src $(PY) bench/bench_grader.py
 	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_search.py
 	PYTHONPATH=src $(PY) bench/bench_eval.py
+
+# verl (`mathforge rl --backend verl`) in its own environment: verl 0.9.1 pins torch 2.11, vLLM 0.24 and
+# transformers 5.9, which TRL 1.16 and our pins cannot share. verl[cpu] here (~7.5 min, ~5.8 GB: verl pins
+# torch 2.11.0, which PyPI ships as its CUDA build), verl[vllm] where a GPU is found.
+VENV_VERL ?= .venv-verl
+$(VENV_VERL)/.installed: scripts/install_verl.sh pyproject.toml
+	VENV_VERL=$(VENV_VERL) bash scripts/install_verl.sh
+	touch $@
+
+venv-verl: $(VENV_VERL)/.installed
+
+# The tier of the verl tests that imports verl whole (validate_config, RLHFDataset, reward manager, agent loop).
+test-verl: $(VENV_VERL)/.installed
+	OMP_NUM_THREADS=1 $(VENV_VERL)/bin/python -m pytest -q tests/test_verl_env.py
+
+# A few PPO steps of the tiny model with verl on a GPU (vLLM rollouts in the step format, FSDP, the merge).
+gpu-check-verl: $(VENV_VERL)/.installed $(STAMP)
+	bash scripts/gpu_check_verl.sh
 
 clean:
 	rm -rf runs .pytest_cache

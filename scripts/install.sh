@@ -20,4 +20,8 @@ else
   $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 DS_BUILD_OPS=0 $PIP install --no-build-isolation "deepspeed>=0.17"
+# verl's config only (not its dependencies: they live in .venv-verl, `make venv-verl`): enough for
+# `mathforge rl --backend verl --dry_run` to compose our overrides with Hydra against verl 0.9.1's config.
+$PIP install --no-deps "verl==0.9.1"
+$PIP install "hydra-core>=1.3" "pyarrow>=19"
 "$VENV/bin/python" -c "import torch, transformers, trl, vllm, deepspeed, math_verify; print('environment ready:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)" 2>&1 | grep -v WARNING

@@ -32,6 +32,7 @@ RECIPES = [
     REPO / "recipes/Qwen2.5-Math-1.5B/rl/config_ppo_verl.yaml",
     REPO / "recipes/Qwen2.5-Math-7B/rl/config_ppo_verl.yaml",
     REPO / "recipes/Qwen2.5-Math-1.5B/rl/config_grpo_verl.yaml",
+    REPO / "recipes/tiny/rl/config_ppo_verl.yaml",
 ]
 SOLUTION = "<step>\nx = 6 * 7\nprint(x)\n</step>\n<output>\n42\n</output>\n<answer>\nThe answer is \\boxed{42}\n</answer>\n"
 
@@ -286,7 +287,7 @@ def test_shipped_recipes_compose_against_verl(recipe):
     assert config.reward.custom_reward_function.path == "pkg://mathforge.verl.reward"
     assert config.custom_reward_function.path is None  # the legacy key main_ppo ignores is never set
     kwargs = config.reward.custom_reward_function.reward_kwargs
-    assert list(kwargs.reward_funcs) == args.reward_funcs and kwargs.cosine_max_len == 3072
+    assert list(kwargs.reward_funcs) == args.reward_funcs and kwargs.cosine_max_len == reward.cosine_max_len
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "mathforge_steps"
     assert config.actor_rollout_ref.rollout.skip_tokenizer_init is False
 
@@ -323,3 +324,35 @@ def test_cli_dry_run_dispatches_to_verl(capsys):
     assert "verl.trainer.main_ppo" in out and "algorithm.adv_estimator=grpo" in out
     assert "grpo (no critic)" in out and "critic." not in out
     assert main(["rl", "--config", str(RECIPES[0]), "--dry_run", "--algorithm", "sarsa"]) == 2
+
+
+def test_dry_run_and_a_missing_verl_environment_write_nothing(tmp_path, capsys):
+    out = tmp_path / "rl"
+    args, loop, reward = _parse(RECIPES[3], "--output_dir", str(out), "--dry_run")
+    launcher.run(args, loop, reward)
+    assert "dry run: " in capsys.readouterr().out and not out.exists()
+    args, loop, reward = _parse(RECIPES[3], "--output_dir", str(out), "--verl_python", str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="make venv-verl"):
+        launcher.run(args, loop, reward)
+    assert not out.exists()
+
+
+def test_merge_reads_verls_checkpoint_tracker(tmp_path):
+    # the layout verl's checkpoint manager writes: <dir>/latest_checkpointed_iteration.txt, global_step_N/actor
+    assert launcher.last_checkpoint(tmp_path) is None
+    (tmp_path / "global_step_3" / "actor").mkdir(parents=True)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("3")
+    actor = launcher.last_checkpoint(tmp_path)
+    assert actor == tmp_path / "global_step_3" / "actor"
+    args, _, _ = _parse(RECIPES[3], "--output_dir", str(tmp_path / "hf"))
+    cmd = launcher.merge_command(args, actor)
+    assert cmd[1:6] == ["-m", "verl.model_merger", "merge", "--backend", "fsdp"]
+    assert cmd[cmd.index("--target_dir") + 1] == str((tmp_path / "hf").resolve())
+
+
+def test_ray_job_submit_on_a_cluster():
+    args, loop, reward = _parse(RECIPES[2], "--ray_address", "http://head:8265")
+    cmd = launcher.command(args, launcher.build_overrides(args, loop, reward))
+    assert cmd[1:5] == ["job", "submit", "--address", "http://head:8265"]
+    assert cmd[cmd.index("--") + 1 : cmd.index("--") + 4] == ["python", "-m", "verl.trainer.main_ppo"]
+    assert "trainer.nnodes=2" in cmd

@@ -35,6 +35,7 @@ RECIPES = [
     REPO / "recipes/Qwen2.5-Math-1.5B/rl/config_ppo_verl.yaml",
     REPO / "recipes/Qwen2.5-Math-7B/rl/config_ppo_verl.yaml",
     REPO / "recipes/Qwen2.5-Math-1.5B/rl/config_grpo_verl.yaml",
+    REPO / "recipes/tiny/rl/config_ppo_verl.yaml",
 ]
 SOLUTION = "<step>\nx = 6 * 7\nprint(x)\n</step>\n<output>\n42\n</output>\n<answer>\nThe answer is \\boxed{42}\n</answer>\n"
 
