@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -354,5 +355,7 @@ def test_ray_job_submit_on_a_cluster():
     args, loop, reward = _parse(RECIPES[2], "--ray_address", "http://head:8265")
     cmd = launcher.command(args, launcher.build_overrides(args, loop, reward))
     assert cmd[1:5] == ["job", "submit", "--address", "http://head:8265"]
-    assert cmd[cmd.index("--") + 1 : cmd.index("--") + 4] == ["python", "-m", "verl.trainer.main_ppo"]
+    entry = cmd[cmd.index("--") + 1 :]
+    assert entry[0] == os.path.abspath(args.verl_python)  # the job runs the verl environment's Python
+    assert entry[1:3] == ["-m", "verl.trainer.main_ppo"]
     assert "trainer.nnodes=2" in cmd

@@ -430,22 +430,12 @@ def validate_with_verl(config) -> bool:
 
 
 def command(args: VerlArguments, overrides: list[str]) -> list[str]:
-    """``python -m verl.trainer.main_ppo ...``, or its ``ray job submit`` on a cluster."""
-    main = [args.verl_python, "-m", "verl.trainer.main_ppo", *overrides]
+    """``python -m verl.trainer.main_ppo ...``, or its ``ray job submit`` on a cluster (the job runs the same
+    ``verl_python``, by absolute path: every node has the checkout and .venv-verl at the same place)."""
+    main = [os.path.abspath(args.verl_python), "-m", "verl.trainer.main_ppo", *overrides]
     if args.ray_address:
         ray = str(Path(args.verl_python).with_name("ray"))
-        return [
-            ray,
-            "job",
-            "submit",
-            "--address",
-            args.ray_address,
-            "--",
-            "python",
-            "-m",
-            "verl.trainer.main_ppo",
-            *overrides,
-        ]
+        return [ray, "job", "submit", "--address", args.ray_address, "--", *main]
     return main
 
 
