@@ -136,16 +136,6 @@ def end_of_turn_id(tokenizer) -> int | None:
     return tokenizer.eos_token_id
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Ids of the stop tags that are single tokens in this tokenizer (vLLM stops on them without detokenizing)."""
-    ids = []
-    for tag in steps.STOP_STRINGS:
-        encoded = tokenizer.encode(tag, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.append(encoded[0])
-    return ids
-
-
 def _eos_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     return {i for i in ids if i is not None}
@@ -182,7 +172,6 @@ async def run_steps(
             add(chunk.token_ids, True, chunk.log_probs)
             ended = bool(chunk.token_ids) and chunk.token_ids[-1] in eos
             result.end = "answer" if ended else "length"
-        stops = stop_token_ids(tokenizer)
         while result.end is None:
             budget = response_length - len(result.response_ids)
             if budget <= 0:
@@ -194,8 +183,6 @@ async def run_steps(
                 "include_stop_str_in_output": True,
                 "max_tokens": min(config.max_step_tokens, budget),
             }
-            if stops:
-                params["stop_token_ids"] = stops
             chunk = await generate(list(prompt_ids) + result.response_ids, params)
             result.generate_calls += 1
             tokens = list(chunk.token_ids)
