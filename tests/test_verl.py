@@ -151,6 +151,37 @@ def test_reward_never_raises():
     assert unknown["reward_error"] == 1.0
 
 
+@pytest.fixture(scope="module")
+def tiny_ppm(tiny_model, tmp_path_factory):
+    """A real (untrained) PPM: the tiny model with a one-label sequence-classification head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("ppm") / "ppm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
+    return path
+
+
+def test_reward_ppm_folds_step_scores_to_one_number(tiny_ppm):
+    from mathforge.ppm import load_scorer
+    from mathforge.rewards import step_prefixes
+
+    scorer = load_scorer(str(tiny_ppm), device="cpu")
+    head = scorer.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 6 * 7?"}], tokenize=False, add_generation_prompt=True
+    )
+    two_steps = "<step>\nx = 6\nprint(x)\n</step>\n<output>\n6\n</output>\n" + SOLUTION
+    scores = scorer([head + prefix for prefix in step_prefixes(two_steps)])
+    assert len(scores) == 3 and len(set(scores)) > 1
+    extra = {"problem": "What is 6 * 7?", "rollout_end": "answer"}
+    for aggregation, expected in (("min", min(scores)), ("mean", sum(scores) / 3), ("last", scores[-1])):
+        result = _call(
+            two_steps, "42", extra, reward_funcs=["ppm"], ppm_path=str(tiny_ppm), ppm_aggregation=aggregation
+        )
+        assert result["reward_error"] == 0.0
+        assert result["ppm"] == pytest.approx(expected, abs=1e-5) and result["score"] == result["ppm"]
+
+
 # --- agent loop ----------------------------------------------------------------------------------------------
 
 
