@@ -19,4 +19,6 @@ $PIP install "verl[$VERL_EXTRA]==0.9.1"
 # mathforge's light parts (steps, grader, executor) and what they import; not torch/trl/vllm from our pins.
 $PIP install --no-deps -e .
 $PIP install "math-verify>=0.8" "sympy>=1.13" "numpy>=1.26" "pyyaml>=6.0" "pyarrow>=19" "pytest>=8"
+# The ppm reward term loads the PPM with mathforge.ppm, which imports TRL (it keeps transformers 5.9 here).
+$PIP install "trl>=1.16,<1.17"
 "$VENV/bin/python" -c "import verl, torch, transformers, transfer_queue, mathforge.verl.reward; print('verl environment ready:', 'verl', verl.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"

@@ -185,3 +185,25 @@ def test_agent_loop_instantiated_as_verl_does(tiny_model, tokenizer, tmp_path):
     tensors = out.as_dict()
     assert tensors["responses"].shape == tensors["response_mask"].shape == (len(out.response_ids),)
     assert len(set(server.requests)) == 1  # one request id per trajectory (the server's prefix cache)
+
+
+def test_verl_reward_manager_with_the_ppm_term(tiny_model, tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    ppm = tmp_path / "ppm"  # a real, untrained PPM: the tiny model with a one-label head
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(ppm)
+    tokenizer.save_pretrained(ppm)
+    options = {"reward_funcs": ["accuracy", "ppm"], "reward_weights": [1.0, 1.0], "ppm_path": str(ppm)}
+    *_, config = _config(RECIPES[0], tiny_model, tmp_path, **options)
+    assert config.reward.custom_reward_function.reward_kwargs.ppm_path == str(ppm)
+
+    async def score():
+        manager = NaiveRewardManager(config, tokenizer, get_custom_reward_fn(config))
+        return await manager.run_single(_rollout(tokenizer, SOLUTION, "42", "answer"))
+
+    info = asyncio.run(score())["reward_extra_info"]
+    assert info["reward_error"] == 0.0 and info["acc"] == 1.0
+    assert -1.0 <= info["ppm"] <= 1.0 and info["ppm"] != 0.0
+    assert info["score"] == pytest.approx(1.0 + info["ppm"])
