@@ -174,7 +174,7 @@ def wants_verl(argv: list[str]) -> bool:
 
 
 def hydra_value(value) -> str:
-    """A Python value in Hydra's override grammar (strings quoted, lists bracketed)."""
+    """A Python value in Hydra's override grammar (lists bracketed; strings quoted unless plain words or paths)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
