@@ -147,7 +147,7 @@ CASES = {
         (r"10\text{ cm}", r"11\text{ cm}", False),
         ("4t", "4", False),  # a trailing variable is not a unit
         (r"2\mathrm{i}", "2", False),
-        ("3000000", "3 million", False),
+        ("3000000", "3 million", True),  # a scale word is part of the number, not a unit
     ],
     "degrees": [
         (r"30^\circ", "30", True),
