@@ -221,15 +221,35 @@ def _lone_line(text: str) -> tuple[str, ...] | None:
 
 
 def _answers_in(text: str, extraction: str) -> tuple[str, ...] | None:
-    """The marked answers of ``text``, else ``text`` itself if it is one line (no math-verify here)."""
+    """The marked answers of ``text``, else ``text`` itself if it is one line (no math-verify here).
+
+    Under ``"any"`` a one-line sentence is left to math-verify's extraction instead.
+    """
     answers = extract_answers(text, extraction)
-    return answers if answers is not None else _lone_line(text)
+    if answers is not None:
+        return answers
+    if extraction == "any" and len(_WORD_RE.findall(text)) >= 3:
+        return None
+    return _lone_line(text)
+
+
+_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\b")
+# A check after the stated value ("Checking: 3 + 5 = 8"): free text is read up to the last one.
+_CHECK_RE = re.compile(
+    r"(?:^|(?<=[.!?:]\s)|(?<=\n))[ \t*#]*(?:check(?:ing)?\b|verif(?:y|ication)\b|to verify\b|"
+    r"let(?:'s| me| us) (?:double-?)?(?:check|verify)\b|double-?check)",
+    re.IGNORECASE,
+)
 
 
 def _mv_extract(text: str) -> str | None:
-    """math-verify's own extraction (its final-answer patterns, then the last expression or number)."""
+    """math-verify's own extraction (its final-answer patterns, then the last expression or number),
+    on the text before a closing check that mentions other numbers."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
+    checks = list(_CHECK_RE.finditer(text))
+    if checks and re.search(r"\d", text[: checks[-1].start()]):
+        text = text[: checks[-1].start()]
     found = parse(
         text,
         [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
@@ -305,6 +325,7 @@ _VAR_IN_RE = re.compile(r"^[A-Za-z]\s*\\in\s*")
 # A thousands separator: ",", "{,}", ",\!", "\,", a space. The first group has no leading zero, so a
 # decimal comma ("0,500") is never read as thousands.
 _THOUSANDS_RE = re.compile(r"[-+]?[1-9]\d{0,2}(?:(?:(?:\{,\}|,\\!|\\,)\s*|,|\\ |~| )\d{3})+(?:\.\d+)?")
+_DIGIT_LIST_RE = re.compile(r"[-+]?\d+(?:,[-+]?\d+)+")
 _THOUSANDS_SEP_RE = re.compile(r"\{,\}|,\\!|,|\\,|\\ |~|\s")
 _REPEATING_RE = re.compile(r"(\d*)\.(\d*)\\overline\s*(?:\{(\d{1,30})\}|(\d))")
 _PAREN_MATRIX_RE = re.compile(
@@ -370,6 +391,8 @@ def _prepare(answer: str) -> _Answer:
     s = _VAR_IN_RE.sub("", s)  # x \in [a,b] -> [a,b]; an inequality then compares as a set
     if _THOUSANDS_RE.fullmatch(s):
         s = _THOUSANDS_SEP_RE.sub("", s)
+    elif _DIGIT_LIST_RE.fullmatch(s):  # "0,500" or "3,5": a list, never a decimal comma (sympy reads 0.5)
+        s = s.replace(",", ", ")
     if _E_NOTATION_RE.fullmatch(s):
         s = format(Decimal(s), "f")
     s = _REPEATING_RE.sub(_repeating_to_fraction, s)
