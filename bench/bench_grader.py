@@ -74,11 +74,11 @@ def main() -> None:
     )
 
 
-def agreement() -> None:
-    """Agreement with the human verdicts in bench/grader_equivalence.jsonl; prints the disagreements."""
+def agreement(name: str) -> None:
+    """Agreement with the human verdicts in bench/<name>; prints the grader's disagreements."""
     from math_verify import parse, verify
 
-    path = Path(__file__).with_name("grader_equivalence.jsonl")
+    path = Path(__file__).with_name(name)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     with Grader() as grader:
         ours = [grader.grade(r["prediction"], r["gold"], r["extraction"]) for r in rows]
@@ -98,5 +98,6 @@ def agreement() -> None:
 
 
 if __name__ == "__main__":
-    agreement()
+    agreement("grader_equivalence.jsonl")  # written first; the grader's rules were revised after seeing it
+    agreement("grader_equivalence_heldout.jsonl")  # written after those revisions, graded as is
     main()
