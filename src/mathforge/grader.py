@@ -4,38 +4,77 @@ Data synthesis, SFT filtering, RL rewards and evaluation all decide "correct" he
 modes cost: a false "correct" poisons training data, a false "wrong" poisons preference pairs. The
 mathematics is HuggingFace ``math-verify`` (sympy); this module is the normalisation around it:
 
-* :func:`extract_answer` finds the final answer in a completion: the last ``\boxed{}``/``\fbox{}``,
-  else a trailing "the answer is ...", else a GSM8K ``#### N`` line.
-* ``_prepare`` rewrites notations that math-verify misses or gets wrong, and splits off units and
-  numeral bases so that they are compared on their own.
+* Extraction finds the final answer(s) in a completion, by a policy (below).
+* ``_prepare`` rewrites notations that math-verify misses or gets wrong, and splits off units, numeral
+  bases and times of day so that they are compared on their own.
 * Plain numbers on both sides are compared exactly, without sympy (most GSM8K-style calls).
 * Everything else runs math-verify in worker subprocesses. Each request has a soft deadline (an alarm
   in the worker) and a hard one (the worker is killed and replaced), so a call returns in bounded time
   from any thread, whatever the input.
-* Results are cached per (prediction answer, gold answer), LRU; a run out of time is not cached.
+* Results are cached per (prediction answers, gold answers), LRU; a run out of time is not cached.
 
 Results: ``True`` equal; ``False`` different, or the prediction has no usable answer; ``None``
 unknown: the gold has no parseable answer, or the comparison ran out of time. ``None`` is never a
 pass; treat it as "not correct" and count it separately where that matters.
 
+Extraction policies (:data:`EXTRACTION_POLICIES`; the gold is always read with ``strict``):
+
+* ``strict`` (default; our step format and our prompts): an ``<answer>`` block if the text has one
+  (only the last; an unclosed one is no answer); else the ``\boxed{}``/``\fbox{}`` boxes; else what
+  follows the last "answer is" (its leading math span, else its first sentence: "The answer is 18.
+  Let me know ..." gives ``18``); else the last GSM8K ``#### N`` line; else the whole text if it is one line.
+* ``lenient`` (other systems' outputs): boxes as above; else the last stated answer by position among
+  "answer is", a "Final Answer:"/"Answer:" line (markdown emphasis allowed) and ``#### N``; else a last
+  line ``A: N``; else a one-line text.
+* ``any``: ``lenient``, then math-verify's own extraction (its final-answer patterns, then the last
+  expression or number) for free text, read up to a closing check ("Check: ...", "Let me verify ...")
+  so that the numbers of a verification do not replace the stated one. A one-line sentence goes to
+  math-verify too (a bare one-line answer is still taken whole).
+
+Several boxes are decided by what they mean:
+
+* In free text an explicit correction counts the final answer: a box is dropped when a correction word
+  (wait, actually, mistake, wrong, incorrect, error, oops, recheck, double-check, recalculate,
+  re-evaluate, ...) stands between it and a later box. Boxes repeating one value count once.
+* Inside an ``<answer>`` block there is no correction: every box in it is the answer.
+* The boxes left are the answer. Against a gold that states several values (several boxes, a top-level
+  comma, a set ``\{...\}``, ``\pm``, "and") they are compared together as one set or list: one box per
+  solution or per ordered pair is right, a missing or extra one is wrong. Against a single-valued gold
+  every box must equal it: a hedge (``\boxed{5} or \boxed{1}`` for gold ``1``) is wrong, while one value
+  boxed twice in two forms (``\frac14`` and ``0.25``) is right. A first box that is not corrected but
+  superseded ("so $a=\boxed{4}$, then $b=\boxed{20}$") is therefore a hedge: a false "wrong" by design.
+* An unclosed box (a truncated completion) means no answer.
+
 Decisions where notation is ambiguous (we prefer a false "wrong" to a false "correct"):
 
-* The last box counts (a corrected answer follows a first attempt). An unclosed last box (a truncated
-  completion) means no answer. Text with no marker is taken whole as the answer only if it is one line.
 * Plain numbers compare exactly: ``18`` = ``\$18.00`` = ``18.0``, but ``0.333`` != ``0.3333``.
   math-verify's 6-decimal rounding applies only against a non-literal (``\frac13`` = ``0.333333``).
-* Thousands separators ``10,\!080``, ``10{,}080``, ``10,080`` mean 10080; ``10, 080`` is a list.
+  E-notation is a plain number: ``3e5`` = ``300000`` = ``3 \times 10^5``.
+* Numbers in words: ``five`` = ``5``, ``twenty-one`` = ``21``, ``one hundred and five`` = ``105``,
+  ``3 million`` = ``3000000`` (a scale word is part of the number, never a unit).
+* Thousands separators ``10,\!080``, ``10{,}080``, ``10,080``, ``10\,080``, ``10 080`` mean 10080
+  (groups of three digits, first group without a leading zero); ``10, 080`` is a list. A comma that may
+  be a decimal comma (``0,500``, ``3,5``) is read as a list, so it equals neither ``0.5`` nor ``500``.
 * Repeating decimals: ``0.\overline{3}`` = ``\frac13``; ``0.33`` is not.
 * Percent follows math-verify: ``X\%`` equals both ``X`` and ``X/100`` (``50\%`` = ``50`` = ``0.5``).
+* The empty set: ``\emptyset`` = ``\varnothing`` = ``\{\}`` = ``∅`` = "empty set".
+* Times of day, when either side says a.m./p.m.: ``2:30 PM`` = ``14:30`` = ``2:30 p.m.``, != ``2:30 AM``.
+  A side without a half of the day and an hour of 1-12 (``2:30``) leaves it to the question, so it
+  equals both halves of that clock time. Without a.m./p.m. on either side, ``h:mm`` is not read as a time.
 * Units: a unit on one side only is ignored (``10\text{ cm}`` = ``10``, either way round); units on
   both sides must agree after a small alias table (``10\text{ m}`` != ``10\text{ cm}``,
-  ``\text{cm}^2`` != ``\text{cm}``). No unit conversion: ``1\text{ m}`` != ``100\text{ cm}``.
+  ``\text{cm}^2`` != ``\text{cm}``). Spelled out = abbreviated (``5 meters`` = ``5\text{ m}``,
+  ``square feet`` = ``\text{ft}^2``, ``mph`` = ``miles per hour``). No unit conversion:
+  ``1\text{ m}`` != ``100\text{ cm}``. Units may sit in ``\text``, ``\mbox``, ``\mathrm``, ``\textrm``,
+  ``\textit``, ``\textbf``, ``\operatorname``, ``{\rm ...}``, or after the math span (``$24$ square feet``);
+  one-letter units after a space are only m, s, h, g, l (``4 t`` is a variable).
   math-verify's own unit stripping is off: it drops trailing letters such as ``t``, so ``4t`` = ``4``.
 * Degrees are a unit: ``30^\circ`` = ``30`` = ``30\text{ degrees}``, but not ``\frac{\pi}{6}``.
 * Bases: ``52_8`` = ``52`` (subscript left out) but != ``42`` (its decimal value); a prediction's
   subscript must match the gold's (gold ``52``, prediction ``52_8`` is wrong).
 * ``x=3`` = ``3``, but ``x=3`` != ``y=3`` (math-verify). ``x \in [-2,7]`` = ``-2 \le x \le 7`` = ``[-2,7]``.
-* A one-row or one-column matrix is the tuple of its entries; tuples are ordered: ``(1,2)`` != ``(2,1)``.
+* A one-row or one-column matrix is the tuple of its entries, also as ``\left(\begin{array}{c}...\right)``
+  or ``(\begin{matrix}...)``; tuples are ordered: ``(1,2)`` != ``(2,1)``.
 * ``1 \pm \sqrt{2}`` means both values; either one alone is wrong.
 """
 
@@ -85,7 +124,7 @@ _ANSWER_LINE_RE = re.compile(
     r"^[ \t>#*_]*(?:final[ \t]+)?answer[ \t*_]*:[ \t*_]*(?=\S)", re.IGNORECASE | re.MULTILINE
 )
 _A_LINE_RE = re.compile(r"^[ \t]*A[ \t]*:[ \t]*(\S[^\n]*)\s*\Z")
-_LEADING_MATH_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_LEADING_MATH_RE = re.compile(r"\$\$(.+?)\$\$|\$((?:[^$\\]|\\.)+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 _HOPE_RE = re.compile(r"I hope it is correct\.?$", re.IGNORECASE)
 # The end of the sentence that states an answer: "18. Let me know ..." -> "18" (a decimal point is not one).
 _SENTENCE_END_RE = re.compile(r"(?<=[^\d\s])\.(?=\s|$)|\.(?=\s+[A-Z(])|[!?](?=\s|$)|\n")
