@@ -403,6 +403,8 @@ _CHEAP_CHARS = 500  # longer answers are prepared only in a worker: some regexes
 
 def _prepare(answer: str) -> _Answer:
     """Normalise an extracted answer; string work only (no sympy)."""
+    if _PLAIN_NUMBER_RE.fullmatch(answer):
+        return _Answer(answer, None, None)  # most GSM8K answers: nothing to rewrite
     s = answer.strip().replace("−", "-").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     if match := _OUTSIDE_UNIT_RE.fullmatch(s):
         power = f"^{match['power']}" if match["power"] else ""
