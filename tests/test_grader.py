@@ -330,6 +330,8 @@ CASES = {
         ("12", "eleven", False),
         ("5", "fifty", False),
         ("3", "three hundred", False),
+        (r"\text{one-to-one}", "1", False),  # words, not a number with a unit
+        (r"\text{one of them}", "1", False),
     ],
     "empty_set": [
         (r"\emptyset", r"\varnothing", True),
@@ -374,6 +376,7 @@ CASES = {
         (r"50\text{ m}^2", r"50 \text{ square meters}", True),
         (r"50\text{ m}^2", r"50 \text{ cubic meters}", False),
         ("4", "4 t", False),  # a one-letter word that is not a unit is a variable
+        ("$x$ or more", "x", False),
     ],
     "column_vectors": [
         (r"\begin{pmatrix} 1 \\ -2 \\ 3 \end{pmatrix}", "(1, -2, 3)", True),

@@ -395,6 +395,7 @@ _NUMBER_WORDS.update(
         for value, word in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)
     }
 )
+_FUNCTION_WORDS = {"to", "of", "or", "and", "in", "by", "for", "the", "a", "an", "on", "at", "with", "than"}
 _SCALE_WORDS = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 
 
@@ -406,7 +407,7 @@ def _prepare(answer: str) -> _Answer:
     if _PLAIN_NUMBER_RE.fullmatch(answer):
         return _Answer(answer, None, None)  # most GSM8K answers: nothing to rewrite
     s = answer.strip().replace("−", "-").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    if match := _OUTSIDE_UNIT_RE.fullmatch(s):
+    if (match := _OUTSIDE_UNIT_RE.fullmatch(s)) and _NOT_UNITS.isdisjoint(match["unit"].lower().split()):
         power = f"^{match['power']}" if match["power"] else ""
         s = f"{match['dollar'] or match['paren']}\\text{{ {match['unit'].strip()}}}{power}"
     s = _strip_delimiters(s)
@@ -496,8 +497,8 @@ def _number_words_to_digits(s: str) -> str:
             break
         used = i + 1
     rest = tokens[used:]
-    if not words or not all(token.isalpha() for token in rest):
-        return s
+    if not words or not all(token.isalpha() for token in rest) or not _FUNCTION_WORDS.isdisjoint(rest):
+        return s  # "one-to-one", "one of them": words, not a number with a unit
     value = sign * (total + current)
     number = (
         str(value.numerator)
