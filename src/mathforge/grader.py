@@ -160,11 +160,12 @@ def extract_answers(text: str, extraction: str = "strict") -> tuple[str, ...] | 
         hashes = _GSM8K_RE.findall(text)
         return _one(hashes[-1].strip()) if hashes else None
     # lenient: the last stated answer, whichever marker states it
-    found = [(m.end(), m.end()) for m in _ANSWER_IS_RE.finditer(text)]
-    found += [(m.end(), m.end()) for m in _ANSWER_LINE_RE.finditer(text)]
-    found += [(m.start(1), m.start(1)) for m in _GSM8K_RE.finditer(text)]
-    if found:
-        return _one(_answer_after(text[max(found)[1] :]))
+    starts = [m.end() for m in _ANSWER_IS_RE.finditer(text)] + [
+        m.end() for m in _ANSWER_LINE_RE.finditer(text)
+    ]
+    starts += [m.start(1) for m in _GSM8K_RE.finditer(text)]
+    if starts:
+        return _one(_answer_after(text[max(starts) :]))
     lines = text.rstrip().rsplit("\n", 1)
     last_line = _A_LINE_RE.match(lines[-1]) if len(lines) > 1 else None
     return _one(_answer_after(last_line[1])) if last_line else None
