@@ -2,10 +2,11 @@
 
 Prints grades/s for: the grader cold (cache off; its worker already started), a grader on its second
 pass (every pair a cache hit), and math-verify called directly in this process,
-``verify(parse(f"${answer}$"), parse(solution))``, the baseline. Then agreement with a human's verdict on
-``bench/grader_equivalence.jsonl`` (hand-written model outputs: hedges, sets of boxes, corrections,
-final-answer lines, decimal commas, notations and units; each row names its extraction policy), for the
-grader and for math-verify called directly. Run:
+``verify(parse(f"${answer}$"), parse(solution))``, the baseline. First, agreement with a human's verdict
+on two sets of hand-written model outputs (hedges, sets of boxes, corrections, final-answer lines,
+decimal commas, notations and units; each row names its extraction policy), for the grader and for
+math-verify called directly: ``bench/grader_equivalence.jsonl`` (the grader's rules were revised after
+seeing it) and ``bench/grader_equivalence_heldout.jsonl`` (written afterwards, never tuned on). Run:
 
     PYTHONPATH=src .venv/bin/python bench/bench_grader.py
 """
