@@ -2,7 +2,11 @@
 
 Prints grades/s for: the grader cold (cache off; its worker already started), a grader on its second
 pass (every pair a cache hit), and math-verify called directly in this process,
-``verify(parse(f"${answer}$"), parse(solution))``, the baseline. Run:
+``verify(parse(f"${answer}$"), parse(solution))``, the baseline. First, agreement with a human's verdict
+on two sets of hand-written model outputs (hedges, sets of boxes, corrections, final-answer lines,
+decimal commas, notations and units; each row names its extraction policy), for the grader and for
+math-verify called directly: ``bench/grader_equivalence.jsonl`` (the grader's rules were revised after
+seeing it) and ``bench/grader_equivalence_heldout.jsonl`` (written afterwards, never tuned on). Run:
 
     PYTHONPATH=src .venv/bin/python bench/bench_grader.py
 """
@@ -71,5 +75,30 @@ def main() -> None:
     )
 
 
+def agreement(name: str) -> None:
+    """Agreement with the human verdicts in bench/<name>; prints the grader's disagreements."""
+    from math_verify import parse, verify
+
+    path = Path(__file__).with_name(name)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with Grader() as grader:
+        ours = [grader.grade(r["prediction"], r["gold"], r["extraction"]) for r in rows]
+    raw = [bool(verify(parse(r["gold"]), parse(r["prediction"]))) for r in rows]
+    n = len(rows)
+    print(f"Equivalence material, {n} hand-written pairs ({path.name}), agreement with the human verdict:")
+    for name, verdicts in (("grader", ours), ("math-verify direct", raw)):
+        agree = sum((v is True) == r["expected"] for v, r in zip(verdicts, rows))
+        false_pass = sum(v is True and not r["expected"] for v, r in zip(verdicts, rows))
+        false_fail = sum(v is not True and r["expected"] for v, r in zip(verdicts, rows))
+        print(
+            f"  {name:18s} : {agree}/{n} ({100 * agree / n:.1f}%), false correct {false_pass}, false wrong {false_fail}"
+        )
+    for verdict, row in zip(ours, rows):
+        if (verdict is True) != row["expected"]:
+            print(f"    grader disagrees ({verdict}, human {row['expected']}): {row['note']}")
+
+
 if __name__ == "__main__":
+    agreement("grader_equivalence.jsonl")  # written first; the grader's rules were revised after seeing it
+    agreement("grader_equivalence_heldout.jsonl")  # written after those revisions, graded as is
     main()

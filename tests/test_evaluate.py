@@ -166,6 +166,37 @@ def test_predictions_with_gold_samples_and_tokens(tmp_path, capsys):
     assert [s["correct"] for s in samples[:4]] == [True, False, False, True]
 
 
+def test_predictions_in_other_formats_need_a_lenient_extraction(tmp_path, capsys):
+    """Other systems' completions: answer lines, a trailing `A: N`, a concluding sentence, a hedge."""
+    rows = [
+        {"id": "1", "completion": "9 eggs at $2 each.\n**Final Answer:** 18", "gold": "18"},
+        {"id": "2", "completion": "48 + 24 = 72 clips.\nA: 72", "gold": "72"},
+        {
+            "id": "3",
+            "completion": "So she spends 5 hours in all.\nCheck: 2 + 3 = 5 hours, and 10 - 2 = 8 are left.",
+            "gold": "5",
+        },
+        {"id": "4", "completion": "It is \\boxed{3} or \\boxed{4}.", "gold": "4"},
+        {"id": "5", "completion": "\\boxed{7}", "gold": "7"},
+    ]
+    path = _predictions_file(tmp_path / "p.jsonl", rows)
+    found = {}
+    for policy in ("strict", "lenient", "any", "strict predictions=any"):
+        out = tmp_path / policy.replace(" ", "_")
+        code, _, _ = _run(
+            ["--predictions", path, "--answer_extraction", policy, "--output_dir", str(out)], capsys
+        )
+        assert code == 0
+        samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        found[policy] = ([s["correct"] for s in samples], [s["extracted"] for s in samples])
+    assert found["strict"][0] == [False, False, False, False, True]
+    assert found["lenient"][0] == [True, True, False, False, True]
+    assert found["any"] == ([True, True, True, False, True], ["18", "72", "5", "3, 4", "7"])
+    assert (
+        found["strict predictions=any"] == found["any"]
+    )  # "predictions" is the name of a file with a gold column
+
+
 def test_compare_prints_a_delta_table(tmp_path, capsys):
     dirs = []
     for name, answers in [("A", ["1", "2", "0"]), ("B", ["1", "2", "3"])]:
@@ -231,6 +262,7 @@ def test_paired_difference_only_counts_problems_both_runs_scored():
             "is not in benchmark 'amc23'",
         ),  # fmt: skip
         (["--prompt_format", "poetry"], "prompt_format must be one of"),
+        (["--answer_extraction", "gsm8k=loose"], "unknown policy 'loose'"),
         (["--n", "4"], "need sampling"),
         (
             ["--search", "beam", "--temperature", "0.7", "--benchmarks", "math500", "--data_dir", "{bench}"],

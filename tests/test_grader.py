@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mathforge.grader import Grader, extract_answer, grade
+from mathforge.grader import Grader, extract_answer, extract_answers, final_answer, grade
 
 BENCHMARKS = Path(
     os.environ.get("MATHFORGE_BENCHMARKS", Path(__file__).resolve().parents[1] / "../shared/benchmarks")
@@ -51,6 +51,67 @@ def grader():
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, extraction, expected",
+    [
+        # several boxes: distinct values kept, a repeated one once, a corrected one dropped
+        (r"\boxed{5} or \boxed{1}", "strict", ("5", "1")),
+        (r"\boxed{7}. Check: $7^2=49$, so \boxed{7}", "strict", ("7",)),
+        (r"\boxed{10}. Wait, I forgot two squares: \boxed{12}", "strict", ("12",)),
+        (r"\boxed{10}. Let me double-check: $10+2$, so \boxed{12}", "strict", ("12",)),
+        (r"\boxed{1}, \boxed{2}. Actually also \boxed{3} and \boxed{4}", "strict", ("3", "4")),
+        (r"\boxed{\boxed{5}}", "strict", (r"\boxed{5}",)),  # a box inside a box is not another answer
+        # the step format's answer block: only the last block, every box in it, no correction rule
+        ("<answer>\n\\boxed{5}. Wait, actually \\boxed{1}\n</answer>", "strict", ("5", "1")),
+        ("<step>\nprint('\\\\boxed{9}')\n</step>\n<answer>\nThe answer is 4\n</answer>", "strict", ("4",)),
+        ("<step>\nx=1\n</step>\n<answer>\n\\boxed{4}", "strict", None),  # unclosed block: truncated
+        # answer sentences: the first sentence after "answer is", not the boilerplate after it
+        ("The answer is 18. Let me know if you have other questions!", "strict", ("18",)),
+        ("The answer is 3.5 hours. Hope this helps.", "strict", ("3.5 hours",)),
+        ("The answer is $\\$18.00$. Great!", "strict", (r"\$18.00",)),
+        # lenient lines; strict does not read them
+        ("She makes 18 dollars.\nFinal Answer: 18", "strict", None),
+        ("She makes 18 dollars.\nFinal Answer: 18", "lenient", ("18",)),
+        ("Total 18.\n**Final Answer:** $18$\n\nCheck: 9 * 2 = 18, 20 - 2 = 18.", "lenient", ("18",)),
+        ("**Answer**: 42", "lenient", ("42",)),
+        ("Final Answer: The final answer is $42$. I hope it is correct.", "lenient", ("42",)),
+        ("48 + 24 = 72 clips.\nA: 72", "lenient", ("72",)),
+        ("A: 72\nthen more text", "lenient", None),  # `A: N` counts only as the last line
+        ("48 + 24 = 72 clips.\nA: 72", "strict", None),
+        ("The answer is 5.\n#### 6", "lenient", ("6",)),  # the last stated answer, by position
+        ("free text with 5 apples\nand 6 pears", "any", None),  # math-verify's part needs a worker
+    ],
+)
+def test_extract_answers_by_policy(text, extraction, expected):
+    assert extract_answers(text, extraction) == expected
+
+
+def test_final_answer_and_unknown_policies(grader):
+    assert final_answer(r"so \boxed{3} or \boxed{4}") == "3, 4"
+    assert final_answer("She has 5 apples.\nCheck: 5 + 3 = 8.", "any") == "5"  # read up to the check
+    assert final_answer("So Janet makes $18 every day at the market.", "any") == "18"
+    sentence = "So Janet makes $18 every day at the market."
+    assert final_answer(sentence, "lenient") == sentence  # no marker: a one-line text is taken whole
+    assert grader.final_answer("18", "any") == "18"  # a bare one-line answer stays whole
+    with pytest.raises(ValueError, match="unknown answer extraction 'loose'"):
+        grader.grade("1", "1", "loose")
+    with pytest.raises(ValueError, match="2 extraction policies but 1 golds"):
+        grader.grade_many(["1"], ["1"], ["strict", "any"])
+
+
+def test_policies_per_pair_and_math_verify_fallback(grader):
+    free = "Each box holds 6 eggs, so the 3 boxes hold 18 eggs in total."
+    lines = "6 * 3 = 18\nFinal Answer: 18"
+    assert grader.grade_many([free, lines, lines], ["18"] * 3, ["any", "lenient", "strict"]) == [
+        True,
+        True,
+        False,
+    ]
+    assert grader.grade(free, "18", "lenient") is False
+    assert grader.grade("She has 5 apples.\nCheck: 5 + 3 = 8 in all.", "5", "any") is True
+    assert grader.grade("She has 5 apples.\nCheck: 5 + 3 = 8 in all.", "8", "any") is False
 
 
 # --- normalisations: (gold, prediction, expected) -------------------------------------------------------
@@ -147,7 +208,7 @@ CASES = {
         (r"10\text{ cm}", r"11\text{ cm}", False),
         ("4t", "4", False),  # a trailing variable is not a unit
         (r"2\mathrm{i}", "2", False),
-        ("3000000", "3 million", False),
+        ("3000000", "3 million", True),  # a scale word is part of the number, not a unit
     ],
     "degrees": [
         (r"30^\circ", "30", True),
@@ -204,6 +265,126 @@ CASES = {
         (r"2\sqrt{2}", r"\sqrt{2}", False),
         ("2k+2", "2k+1", False),
     ],
+    "multiple_boxes": [
+        ("1", r"x could be \boxed{5} or \boxed{1}", False),  # a hedge: no credit
+        ("1", r"\boxed{1} or maybe \boxed{-1}", False),
+        ("7", r"So \boxed{7}. Checking: $7^2 = 49$, as required, so \boxed{7}.", True),
+        (r"\frac14", r"$\boxed{\frac14}$, that is $\boxed{0.25}$", True),  # one value in two forms
+        ("12", r"\boxed{10}. Wait, I forgot the corners; actually \boxed{12}", True),  # a correction
+        ("10", r"\boxed{10}. Wait, I forgot the corners; actually \boxed{12}", False),
+        ("3, -2", r"The solutions are $x=\boxed{3}$ and $x=\boxed{-2}$.", True),  # one box per solution
+        ("-2, 3", r"$\boxed{3}$, $\boxed{-2}$", True),
+        ("3, -2", r"The root is $\boxed{3}$.", False),
+        (r"\{1, 2, 3\}", r"$\boxed{1}$, $\boxed{2}$, $\boxed{3}$", True),
+        (r"\{1, 2, 3\}", r"$\boxed{1}$, $\boxed{2}$, $\boxed{3}$, $\boxed{4}$", False),
+        ("(1,2), (2,1)", r"$\boxed{(1,2)}$ and $\boxed{(2,1)}$", True),  # one box per ordered pair
+        ("(1,2), (2,1)", r"$\boxed{(1,2)}$", False),
+        (r"1 \pm \sqrt{2}", r"$\boxed{1+\sqrt2}$ and $\boxed{1-\sqrt2}$", True),
+        (r"\boxed{1}\boxed{2}", r"\boxed{2}", False),  # a gold of several boxes is a set
+        (r"\boxed{1}\boxed{2}", r"\boxed{2, 1}", True),
+        (r"\boxed{1}\boxed{2}", r"\boxed{1} and \boxed{2}", True),
+        ("(1,2)", r"$\boxed{(1,2)}$ or $\boxed{(2,1)}$", False),  # a tuple is one value
+        ("4", "<answer>\n\\boxed{4} or \\boxed{5}\n</answer>", False),
+        (
+            "1",
+            "<answer>\n\\boxed{5}. Wait, actually \\boxed{1}\n</answer>",
+            False,
+        ),  # no correction in a block
+        ("20", r"First $a=\boxed{4}$, then $b=5a=\boxed{20}$.", False),  # not corrected: a hedge by design
+    ],
+    "decimal_comma": [
+        ("500", "0,500", False),  # a leading zero: never thousands
+        ("0.5", "0,500", False),  # and not a decimal either: ambiguous
+        ("2.5", "2,5", False),
+        ("25", "2,5", False),
+        ("3, 5", "3,5", True),  # a list written without spaces
+        ("1500", "1,500", True),
+        ("1.5", "1,500", False),
+    ],
+    "space_thousands": [
+        ("1234567", "1 234 567", True),
+        ("12345", r"12\,345", True),
+        ("12345", r"12\ 345", True),
+        ("1 500", "1500", True),
+        ("1234567", "1 234 568", False),
+        ("12345", "12 34 5", False),
+    ],
+    "e_notation": [
+        ("300000", "3e5", True),
+        ("3e5", "300000", True),
+        ("0.00015", "1.5E-4", True),
+        ("1.5e+3", r"1.5 \times 10^3", True),
+        ("150", "1.5e3", False),
+        ("0.00015", "1.5e-5", False),
+        ("2e", "2", False),  # 2e is 2 times Euler's number, not e-notation
+    ],
+    "number_words": [
+        ("5", "five", True),
+        ("21", "twenty-one", True),
+        ("105", "one hundred and five", True),
+        ("2500", "two thousand five hundred", True),
+        ("-3", "minus three", True),
+        ("12", r"\text{twelve}", True),
+        ("8", r"\text{eight apples}", True),
+        ("2500000", "2.5 million", True),
+        ("12", "eleven", False),
+        ("5", "fifty", False),
+        ("3", "three hundred", False),
+        (r"\text{one-to-one}", "1", False),  # words, not a number with a unit
+        (r"\text{one of them}", "1", False),
+    ],
+    "empty_set": [
+        (r"\emptyset", r"\varnothing", True),
+        (r"\varnothing", r"\emptyset", True),
+        (r"\emptyset", r"\{\}", True),
+        (r"\emptyset", "∅", True),
+        (r"\emptyset", r"\text{the empty set}", True),
+        (r"\emptyset", r"\{0\}", False),
+        (r"\emptyset", "0", False),
+    ],
+    "times_of_day": [
+        (r"\text{2:30 PM}", "14:30", True),
+        ("14:30", "2:30 p.m.", True),
+        ("9:15 AM", "09:15", True),
+        ("3 PM", "15:00", True),
+        ("2:30", "2:30 PM", True),  # the gold leaves the half of the day to the question
+        ("7:45 PM", r"7:45\text{ pm}", True),
+        ("2:30 PM", "2:30 AM", False),
+        ("9:15 AM", "21:15", False),
+        ("7:45 PM", "8:45 p.m.", False),
+        ("7:45 PM", "7.75", False),
+        ("14:30", "2:30", False),  # no a.m./p.m. on either side: not read as times
+    ],
+    "units_more": [
+        (r"10\text{ m}", r"10 \textrm{m}", True),
+        (r"10\text{ cm}", r"10 \, \mathrm{cm}", True),
+        (r"10\text{ cm}", r"10 {\rm cm}", True),
+        (r"10\text{ cm}", r"10\textit{ cm}", True),
+        (r"10\text{ cm}", r"10\operatorname{cm}", True),
+        ("$24$ square feet", r"24 \text{ ft}^2", True),  # a unit outside the gold's math span
+        (r"\(24\) square feet", r"24\text{ sq ft}", True),
+        ("$24$ square feet", r"24 \text{ ft}", False),
+        ("$60$ mph", r"60 \text{ miles per hour}", True),
+        ("$60$ mph", r"60 \text{ km/h}", False),
+        (r"5 \text{ meters}", "5 m", True),  # spelled out = abbreviated
+        (r"2 \text{ kg}", "2 kilograms", True),
+        (r"3 \text{ hours}", "3 hrs", True),
+        (r"2 \text{ L}", "2 liters", True),
+        (r"5 \text{ meters}", r"5 \text{ cm}", False),  # never different units
+        (r"2 \text{ kg}", "2 grams", False),
+        (r"3 \text{ hours}", "3 minutes", False),
+        (r"50\text{ m}^2", r"50 \text{ square meters}", True),
+        (r"50\text{ m}^2", r"50 \text{ cubic meters}", False),
+        ("4", "4 t", False),  # a one-letter word that is not a unit is a variable
+        ("$x$ or more", "x", False),
+    ],
+    "column_vectors": [
+        (r"\begin{pmatrix} 1 \\ -2 \\ 3 \end{pmatrix}", "(1, -2, 3)", True),
+        ("(1, -2, 3)", r"\left(\begin{array}{c} 1 \\ -2 \\ 3 \end{array}\right)", True),
+        ("(1, -2, 3)", r"(\begin{matrix} 1 \\ -2 \\ 3 \end{matrix})", True),
+        ("(1, -2, 3)", r"\left(\begin{array}{c} 1 \\ 3 \\ -2 \end{array}\right)", False),
+        (r"\begin{pmatrix} 2 \\ 0 \end{pmatrix}", "(0, 2)", False),
+    ],
     "completions": [
         ("18", r"We get $9 \cdot 2 = 18$, so the answer is $\boxed{18}$.", True),
         ("18", "The answer is 18.", True),
@@ -215,6 +396,8 @@ CASES = {
         ("18", "", False),
         (r"Since $x = 2$, $\boxed{\frac{1}{2}}$.", "0.5", True),  # gold: a full reference solution
         ("Adding up\n#### 1,234", "1234", True),
+        ("18", "The answer is 18. Let me know if you have any other questions!", True),  # boilerplate
+        ("5", "The answer is 5 apples. Hope this helps!", True),
     ],
 }
 

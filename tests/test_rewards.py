@@ -166,6 +166,35 @@ def test_kimi_group_length_reward():
     assert kimi(prompts=[p, p], completions=["a", "b"], answer=["", ""], model_tokens=[1, 2]) == [None, None]
 
 
+HEDGE = "x could be \\boxed{5} or \\boxed{1}"  # two values boxed as alternatives for one answer
+STEP_HEDGE = (
+    steps.render_step("print(1)") + steps.render_output("1") + steps.render_answer("\\boxed{5} or \\boxed{1}")
+)
+STEP_CORRECTED = (
+    steps.render_step("print(1)")
+    + steps.render_output("1")
+    + steps.render_answer("\\boxed{5}. Wait, actually \\boxed{1}")
+)
+
+
+def test_a_hedge_earns_no_correctness_reward():
+    # The real grader decides; a hedge is graded wrong in every reward that uses correctness.
+    accuracy, cosine, kimi = build_rewards(["accuracy", "cosine", "kimi_length"], RewardArguments())
+    completions = [HEDGE, "\\boxed{1}", STEP_HEDGE, STEP_CORRECTED, "\\boxed{5}. Wait, actually \\boxed{1}"]
+    golds = ["1"] * 5
+    # Inside an answer block every box is the answer; in free text an explicit correction counts the last box.
+    assert accuracy(completions=completions, answer=golds) == [0.0, 1.0, 0.0, 0.0, 1.0]
+    # The same boxes answer a gold that is the set {1, 5}.
+    assert accuracy(completions=[HEDGE, STEP_HEDGE, "\\boxed{5}"], answer=["1, 5"] * 3) == [1.0, 1.0, 0.0]
+    tokens = [10, 10]
+    hedge, plain = cosine(completions=[HEDGE, "\\boxed{1}"], answer=["1", "1"], model_tokens=tokens)
+    assert hedge == pytest.approx(-1.0 + 0.45 * (1 - math.cos(math.pi * 0.01)))  # the wrong branch
+    assert plain > 0.9
+    p = "problem p"
+    out = kimi(prompts=[p, p], completions=[HEDGE, "\\boxed{1}"], answer=["1", "1"], model_tokens=[10, 20])
+    assert out == pytest.approx([0.0, -0.5])  # the short hedge is wrong: min(0, 0.5); the long correct: -0.5
+
+
 def test_soft_overlong_punishment():
     overlong = reward("soft_overlong", overlong_max_len=100, overlong_buffer=20)
     out = overlong(completions=["x"] * 5, model_tokens=[50, 80, 90, 100, 130])

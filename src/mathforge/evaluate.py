@@ -34,7 +34,7 @@ from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
 from mathforge.eval.parallel import run_data_parallel
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
-from mathforge.eval.scoring import PREDICTION_COLUMNS, answer_of, score_predictions
+from mathforge.eval.scoring import PREDICTION_COLUMNS, extraction_for, extraction_policies, score_predictions
 from mathforge.generation import DTYPE_HELP
 from mathforge.steps import MAX_OUTPUT_CHARS
 
@@ -109,6 +109,13 @@ class EvalConfig:
             "help": "Seconds one answer comparison may take before it counts as unknown (not correct)."
         },
     )
+    answer_extraction: str = field(
+        default="strict",
+        metadata={
+            "help": "How a completion's answer is found: strict, lenient or any (eval/README.md), for all "
+            "benchmarks, and/or NAME=POLICY per benchmark, e.g. 'strict gsm8k=lenient'."
+        },
+    )
     search: str = field(default="none", metadata={"help": "none, majority, best_of_n, beam or mcts."})
     ppm_path: str | None = field(default=None, metadata={"help": "PPM for best_of_n, beam and mcts."})
     search_n: int = field(default=8, metadata={"help": "majority/best_of_n: solutions per problem."})
@@ -160,6 +167,7 @@ class EvalConfig:
             raise ValueError("a search returns one answer per problem: leave n at 1 and set search_n/beams")
         if self.search in ("best_of_n", "beam", "mcts") and not self.ppm_path:
             raise ValueError(f"--search {self.search} needs a PPM to score solutions: set ppm_path")
+        extraction_policies(self.answer_extraction)  # a one-line error for an unknown policy
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(
                 f"need 0 <= shard_index < num_shards, got {self.shard_index} and {self.num_shards}"
@@ -345,8 +353,9 @@ def generate_samples(
                 prompts = [build_prompt(generator.tokenizer, p, config) for p in rows["problem"]]
                 groups = _solve(prompts, generator, executor, scorer, grader, config)
                 flat = [(i, j, s) for i, group in enumerate(groups) for j, s in enumerate(group)]
+                policy = extraction_for(config.answer_extraction, name)
                 verdicts = grader.grade_many(
-                    [s["graded"] for _, _, s in flat], [rows[i]["answer"] for i, _, _ in flat]
+                    [s["graded"] for _, _, s in flat], [rows[i]["answer"] for i, _, _ in flat], policy
                 )
                 for (i, j, s), ok in zip(flat, verdicts):
                     row = rows[i]
@@ -357,7 +366,7 @@ def generate_samples(
                         "sample": j,
                         "prompt": prompts[i],
                         "completion": s["completion"],
-                        "extracted": answer_of(s["graded"]),
+                        "extracted": grader.final_answer(s["graded"], policy),
                         "gold": row["answer"],
                         "correct": ok,
                         "tokens": s["tokens"],

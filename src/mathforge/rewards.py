@@ -12,7 +12,8 @@ format (no block: no answer, even if some output printed a box), the whole text 
 (``<output>`` tokens excluded), else ``len(completion_ids)``; in ``chars``, the text without ``<output>``
 blocks.
 
-Formulas (c = correctness from :mod:`mathforge.grader`: True, False or None = gold unparseable / timed out):
+Formulas (c = correctness from :mod:`mathforge.grader` with its strict extraction: True, False or None = gold
+unparseable / timed out; a hedge, i.e. different values boxed for a single-valued gold, is False):
 
 * ``accuracy``: 1.0 if c, 0.0 if not c, None if c is None.
 * ``format``: 1.0 if the completion is well formed, else 0.0. Step format: only ``<step>``/``<output>``
@@ -277,11 +278,16 @@ class _Correctness:
             raise ValueError("correctness rewards need the gold `answer` column in the training set")
         if self._grader is None:
             self._grader = Grader(timeout=self.timeout, workers=1)
-        texts = [graded_text(completion_text(c)) for c in completions]
+        # An answer block goes to the grader with its tags: every box in it is the answer (no correction rule).
+        texts = [_tagged(graded_text(text), text) for text in map(completion_text, completions)]
         if rollout_end is not None:  # step-format rollouts: only a trajectory that ended on an answer has one
             # (a broken last chunk is kept in the completion and may hold a complete-looking <answer> block)
             texts = [t if end == "answer" else "" for t, end in zip(texts, rollout_end)]
         return self._grader.grade_many(texts, [str(a) for a in answer])
+
+
+def _tagged(graded: str, text: str) -> str:
+    return steps.render_answer(graded) if graded and is_step_format(text) else graded
 
 
 def make_accuracy(args: RewardArguments, grade: _Correctness, **_) -> Callable:

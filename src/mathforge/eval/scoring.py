@@ -6,7 +6,9 @@ a completion column (``completion``/``prediction``/``response``/``output``/``gen
 joining the id to a benchmark (a ``benchmark`` column, or ``--benchmarks NAME`` / ``--dataset_name``).
 Several lines with one id are several samples of that problem; an optional ``tokens`` column feeds
 the token metrics (else the tokens are counted with ``--model_name_or_path``'s tokenizer, if given).
-The same :class:`~mathforge.grader.Grader` decides as in a generating run.
+The same :class:`~mathforge.grader.Grader` decides as in a generating run; ``--answer_extraction``
+chooses how a completion's answer is found (:data:`mathforge.grader.EXTRACTION_POLICIES`), for all
+benchmarks or per benchmark (:func:`extraction_policies`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,33 @@ from mathforge.errors import UserError
 PREDICTION_COLUMNS = ("completion", "prediction", "response", "output", "generation")
 
 
-def answer_of(text: str) -> str | None:
-    """The answer the grader compares: the marked one, else a lone line (the grader's own rule)."""
-    from mathforge.grader import extract_answer
+def extraction_policies(value: str) -> tuple[str, dict[str, str]]:
+    """Parse ``--answer_extraction``: a policy for all benchmarks, and/or ``name=policy`` items.
 
-    answer = extract_answer(text)
-    if answer is None and "\\boxed" not in text and "\\fbox" not in text:
-        text = text.strip()
-        answer = text if text and "\n" not in text else None
-    return answer
+    ``"strict"`` -> ("strict", {}); ``"lenient, math500=strict"`` -> ("lenient", {"math500": "strict"}).
+    Items are separated by commas or spaces; benchmark names are matched as given (their registry names).
+    """
+    from mathforge.grader import EXTRACTION_POLICIES
+
+    default, per_benchmark = "strict", {}
+    for item in value.replace(",", " ").split():
+        name, _, policy = item.rpartition("=")
+        if policy not in EXTRACTION_POLICIES:
+            raise ValueError(
+                f"answer_extraction: unknown policy '{policy}' in '{value}'; "
+                f"use one of {', '.join(EXTRACTION_POLICIES)}, or NAME=POLICY per benchmark"
+            )
+        if name:
+            per_benchmark[name] = policy
+        else:
+            default = policy
+    return default, per_benchmark
+
+
+def extraction_for(value: str, benchmark: str) -> str:
+    """The extraction policy ``--answer_extraction`` gives ``benchmark``."""
+    default, per_benchmark = extraction_policies(value)
+    return per_benchmark.get(benchmark, default)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -147,8 +167,10 @@ def score_predictions(config, data) -> tuple[list[dict], dict]:
     for s in samples:
         order.setdefault((s["benchmark"], s["id"]), len(order))
         s["index"] = order[(s["benchmark"], s["id"])]
+    policies = [extraction_for(config.answer_extraction, s["benchmark"]) for s in samples]
     with Grader(timeout=config.grade_timeout_s, workers=2) as grader:
-        verdicts = grader.grade_many([s["completion"] for s in samples], [s["gold"] for s in samples])
-    for s, ok in zip(samples, verdicts):
-        s["extracted"], s["correct"] = answer_of(s["completion"]), ok
+        completions = [s["completion"] for s in samples]
+        verdicts = grader.grade_many(completions, [s["gold"] for s in samples], policies)
+        for s, policy, ok in zip(samples, policies, verdicts):
+            s["extracted"], s["correct"] = grader.final_answer(s["completion"], policy), ok
     return samples, info
