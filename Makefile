@@ -3,8 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
+VENV_VERL_CONFIG ?= .venv-verl-config
 
-.PHONY: demo test lint bench clean venv-verl test-verl gpu-check-verl
+.PHONY: demo test lint bench clean venv-verl venv-verl-config test-verl gpu-check-verl
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
@@ -18,8 +19,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # pytest exits 5 when it collects no test: that is a broken suite here, not a pass.
-test: lint
-	$(PY) -m pytest -q; rc=$$?; \
+test: lint $(VENV_VERL_CONFIG)/.installed
+	MATHFORGE_VERL_CONFIG_PYTHON=$(VENV_VERL_CONFIG)/bin/python $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; exit $$rc
 
 # Performance figures, each a ratio against a baseline measured in the same run (never a pass/fail test).
@@ -38,6 +39,14 @@ $(VENV_VERL)/.installed: scripts/install_verl.sh pyproject.toml
 	touch $@
 
 venv-verl: $(VENV_VERL)/.installed
+
+# Hydra + verl 0.9.1's config files (no torch, ~50 MB, seconds): the launcher composes and checks the verl
+# overrides with this Python. Never in .venv: Hydra pins antlr4 4.9, which breaks math-verify's LaTeX parser.
+$(VENV_VERL_CONFIG)/.installed: scripts/install_verl_config.sh
+	VENV_VERL_CONFIG=$(VENV_VERL_CONFIG) bash scripts/install_verl_config.sh
+	touch $@
+
+venv-verl-config: $(VENV_VERL_CONFIG)/.installed
 
 # The tier of the verl tests that imports verl whole (validate_config, RLHFDataset, reward manager, agent loop).
 test-verl: $(VENV_VERL)/.installed

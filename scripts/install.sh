@@ -20,8 +20,11 @@ else
   $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 DS_BUILD_OPS=0 $PIP install --no-build-isolation "deepspeed>=0.17"
-# verl's config only (not its dependencies: they live in .venv-verl, `make venv-verl`): enough for
-# `mathforge rl --backend verl --dry_run` to compose our overrides with Hydra against verl 0.9.1's config.
-$PIP install --no-deps "verl==0.9.1"
-$PIP install "hydra-core>=1.3" "pyarrow>=19"
+$PIP install "pyarrow>=19"
+# Hydra and omegaconf pin antlr4-python3-runtime 4.9, with which math-verify's LaTeX parser (the grader of
+# every reward) misreads inputs like `50\%`: they and verl never go here (the overrides are composed in
+# .venv-verl-config, `make venv-verl-config`). A .venv built before that had them: remove them, restore 4.13.2.
+$PIP uninstall -y hydra-core omegaconf verl >/dev/null 2>&1 || true
+$PIP install "antlr4-python3-runtime==4.13.2"
+"$VENV/bin/python" -c "import importlib.metadata as m, importlib.util as u, sys; sys.exit(None if m.version('antlr4-python3-runtime') == '4.13.2' and u.find_spec('hydra') is None else 'antlr4 4.13.2 without Hydra is required in $VENV')"
 "$VENV/bin/python" -c "import torch, transformers, trl, vllm, deepspeed, math_verify; print('environment ready:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)" 2>&1 | grep -v WARNING

@@ -1,8 +1,8 @@
 """The verl backend of `mathforge rl`, CPU tier that runs in the main environment (`make test`).
 
-verl itself is installed here without its dependencies (`pip install --no-deps verl==0.9.1` + hydra-core,
-scripts/install.sh): enough to compose its real ``ppo_trainer`` config with Hydra, not to import it (it
-needs ray, and its rollout server needs a GPU). So the agent loop's :func:`run_steps` is driven by a
+verl is not installed here, nor is Hydra (it pins antlr4 4.9, which breaks math-verify's LaTeX parser): the
+launcher composes verl 0.9.1's real ``ppo_trainer`` config with Hydra in the config environment
+(.venv-verl-config, `make venv-verl-config`, which `make test` builds), in a subprocess. So the agent loop's :func:`run_steps` is driven by a
 scripted generator standing in for verl's vLLM server (which cannot run on this CPU machine); the
 tokenizer, the executor and the grader are the real ones. The tier that imports verl whole is
 tests/test_verl_env.py (`make test-verl`, in .venv-verl).
@@ -36,6 +36,18 @@ RECIPES = [
     REPO / "recipes/tiny/rl/config_ppo_verl.yaml",
 ]
 SOLUTION = "<step>\nx = 6 * 7\nprint(x)\n</step>\n<output>\n42\n</output>\n<answer>\nThe answer is \\boxed{42}\n</answer>\n"
+
+
+def test_main_environment_keeps_hydra_out_and_antlr_4_13():
+    # Hydra's antlr4 4.9 pin makes the grader misread `50\%`: the config environment has it instead
+    import importlib.metadata
+    import importlib.util
+
+    assert importlib.util.find_spec("hydra") is None and importlib.util.find_spec("omegaconf") is None
+    assert importlib.metadata.version("antlr4-python3-runtime") == "4.13.2"
+    code = "import sys, mathforge.verl.launcher; print(','.join(m for m in ('hydra', 'omegaconf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_light_parts_import_without_torch_trl_vllm():
@@ -330,6 +342,16 @@ def test_misspelled_key_fails_composition():
     )
     with pytest.raises(UserError, match="ppo_mini_bach_size"):
         launcher.compose(launcher.build_overrides(args, loop, reward))
+
+
+def test_missing_config_environment_says_how_to_build_it(tmp_path, monkeypatch, capsys):
+    from mathforge.cli import main
+
+    monkeypatch.setenv(launcher.CONFIG_PYTHON_VAR, str(tmp_path / "nope" / "bin" / "python"))
+    with pytest.raises(UserError, match="make venv-verl-config"):
+        launcher.compose(["trainer.nnodes=1"])
+    assert main(["rl", "--backend", "verl", "--config", str(RECIPES[0]), "--dry_run"]) != 0
+    assert "make venv-verl-config" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

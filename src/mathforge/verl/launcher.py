@@ -14,8 +14,10 @@ reward_funcs, the step-format settings); the rest are verl's, named after the ve
 
 ``--dry_run`` prints the command and its overrides, checks the batch arithmetic (verl's own rules: prompts x
 generations divisible by nodes x GPUs, mini-batches into micro-batches per GPU) and composes the overrides
-with Hydra against the installed verl 0.9.1 config (a misspelled key fails there); nothing is written. Where
-the whole of verl imports (the verl environment) it also runs verl's ``validate_config``.
+with Hydra against verl 0.9.1's config (a misspelled key fails there); nothing is written. Hydra runs in the
+config environment (``make venv-verl-config``, a subprocess), never in the main one: its antlr4 4.9 pin would
+break math-verify's LaTeX parser, the grader of every reward. Where the whole of verl imports (the verl
+environment) it also runs verl's ``validate_config``.
 
 verl runs in its own environment (``make venv-verl``: verl pins torch, vLLM and transformers versions that
 TRL 1.16 cannot share), found at ``verl_python`` (default ``.venv-verl/bin/python``).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -36,7 +39,7 @@ from pathlib import Path
 from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
 from mathforge.errors import UserError
 from mathforge.rewards import RewardArguments
-from mathforge.verl import VERL_VERSION
+from mathforge.verl import VERL_VERSION, compose_config
 from mathforge.verl.agent_loop import AGENT_NAME, StepLoopConfig
 from mathforge.verl.reward import TERMS
 
@@ -372,42 +375,77 @@ def build_overrides(args: VerlArguments, loop: StepLoopConfig, reward: RewardArg
 # --- validation against the pinned verl ----------------------------------------------------------------------------
 
 
-def verl_config_dir() -> Path:
-    """verl's ``trainer/config`` folder, found without importing verl (which needs ray and torch)."""
-    spec = importlib.util.find_spec("verl")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"verl is not installed here: pip install --no-deps verl=={VERL_VERSION} hydra-core (scripts/install.sh)"
-        )
-    root = Path(list(spec.submodule_search_locations)[0])
-    version = (
-        (root / "version" / "version").read_text().strip()
-        if (root / "version" / "version").is_file()
-        else "?"
-    )
-    if version != VERL_VERSION:
-        raise UserError(
-            f"verl {version} is installed; these overrides are for verl {VERL_VERSION} (pip install verl=={VERL_VERSION})"
-        )
-    return root / "trainer" / "config"
+CONFIG_ENV = ".venv-verl-config"
+CONFIG_PYTHON_VAR = "MATHFORGE_VERL_CONFIG_PYTHON"
+
+
+class ComposedConfig(dict):
+    """verl's composed config as plain containers from the config environment, read like a DictConfig
+    (``config.trainer.nnodes``); a missing key is an AttributeError."""
+
+    def __getattr__(self, name):
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return ComposedConfig(value) if isinstance(value, dict) else value
+
+
+def config_python() -> Path:
+    """The Python of the config environment: ``$MATHFORGE_VERL_CONFIG_PYTHON``, else
+    ``.venv-verl-config/bin/python`` in the checkout (an editable install), else in the working directory."""
+    if os.environ.get(CONFIG_PYTHON_VAR):
+        return Path(os.environ[CONFIG_PYTHON_VAR])
+    checkout = Path(__file__).resolve().parents[3]
+    root = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return root / CONFIG_ENV / "bin" / "python"
 
 
 def compose(overrides: list[str]):
-    """verl's ``ppo_trainer`` config with ``overrides``, composed by Hydra as ``main_ppo`` does (a misspelled
-    key is a UserError naming it)."""
-    try:
-        from hydra import compose as hydra_compose
-        from hydra import initialize_config_dir
+    """verl's ``ppo_trainer`` config with ``overrides``, composed by Hydra as ``main_ppo`` composes it (a
+    misspelled key is a UserError naming it).
+
+    Where Hydra imports (the verl environment) this is done here and returns the DictConfig that verl's
+    ``validate_config`` takes. Elsewhere (the main environment, which must keep Hydra and its antlr4 4.9 out:
+    math-verify's LaTeX parser needs antlr4 4.13) the config environment composes it in a subprocess
+    (``mathforge.verl.compose_config``) and this returns a :class:`ComposedConfig`."""
+    if importlib.util.find_spec("hydra") is not None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
-    except ImportError:
-        raise UserError("hydra-core is not installed: pip install hydra-core (scripts/install.sh)") from None
-    config_dir = verl_config_dir()
+
+        try:
+            return compose_config.compose(overrides, VERL_VERSION)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise UserError(
+                f"verl {VERL_VERSION} rejects the overrides: {str(err).splitlines()[0]}"
+            ) from None
+        except LookupError as err:
+            raise UserError(str(err)) from None
+    python = config_python()
+    if not python.is_file():
+        raise UserError(
+            f"no verl config environment at {python.parent.parent} (Hydra + verl {VERL_VERSION} to check "
+            f"overrides): run `make venv-verl-config` (or set {CONFIG_PYTHON_VAR})"
+        )
+    request = json.dumps({"overrides": list(overrides), "verl_version": VERL_VERSION})
+    # -I: the config environment sees none of this process's PYTHONPATH or user site
+    done = subprocess.run(
+        [str(python), "-I", compose_config.__file__],
+        input=request,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            return hydra_compose("ppo_trainer", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserError(f"verl {VERL_VERSION} rejects the overrides: {str(err).splitlines()[0]}") from None
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(
+            f"the verl config environment failed ({tail}): rebuild it with `make venv-verl-config`"
+        ) from None
+    if "error" in answer:
+        raise UserError(answer["error"])
+    return ComposedConfig(answer["config"])
 
 
 def validate_with_verl(config) -> bool:
