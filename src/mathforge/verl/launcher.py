@@ -429,13 +429,18 @@ def compose(overrides: list[str]):
         )
     request = json.dumps({"overrides": list(overrides), "verl_version": VERL_VERSION})
     # -I: the config environment sees none of this process's PYTHONPATH or user site
-    done = subprocess.run(
-        [str(python), "-I", compose_config.__file__],
-        input=request,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        done = subprocess.run(
+            [str(python), "-I", compose_config.__file__],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"{python} did not compose verl's config in 300 s: is the machine overloaded?"
+        ) from None
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
