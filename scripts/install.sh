@@ -21,6 +21,9 @@ else
 fi
 DS_BUILD_OPS=0 $PIP install --no-build-isolation "deepspeed>=0.17"
 $PIP install "pyarrow>=19"
+# Qwen2.5's tokenizer ranks, for `mathforge tiny-model --tokenizer qwen2.5` and the real-tokenizer tests: only
+# dashscope's data file (resources/qwen.tiktoken) is read, so none of its client dependencies.
+$PIP install --no-deps "dashscope==2.0.2"
 # Hydra and omegaconf pin antlr4-python3-runtime 4.9, with which math-verify's LaTeX parser (the grader of
 # every reward) misreads inputs like `50\%`: they and verl never go here (the overrides are composed in
 # .venv-verl-config, `make venv-verl-config`). A .venv built before that had them: remove them, restore 4.13.2.

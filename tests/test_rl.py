@@ -132,19 +132,25 @@ def test_rloo_with_step_rollouts(policy, toy_data, tmp_path):
 
 
 class ScriptedGenerator:
-    """Plays a fixed script per prompt: chunk i is returned after i executed steps."""
+    """Plays a fixed script per prompt: chunk i is returned after i executed steps. A stand-in for a model
+    where the test needs chunks no tiny model writes on demand; ids in, sampled ids out, like a backend."""
 
-    def __init__(self, scripts: dict[str, list[str]]):
-        self.scripts = scripts
+    def __init__(self, tokenizer, scripts: dict[str, list[str]]):
+        self.tokenizer, self.scripts = tokenizer, scripts
+        self.seen: list[str] = []
 
     def generate(self, prompts, sampling):
-        from mathforge.generation import Completion
+        from mathforge.generation import completion_from_ids
 
         out = []
-        for prompt in prompts:
+        for ids in prompts:
+            prompt = self.tokenizer.decode(ids)
+            self.seen.append(prompt)
             script = next(s for key, s in self.scripts.items() if key in prompt)
-            text = script[prompt.count(steps.OUTPUT_OPEN)]
-            out.append([Completion(text, len(text) // 4, "stop")])
+            chunk = self.tokenizer(script[prompt.count(steps.OUTPUT_OPEN)], add_special_tokens=False)[
+                "input_ids"
+            ]
+            out.append([completion_from_ids(self.tokenizer, chunk, set(), sampling.stop)])
         return out
 
 
@@ -154,14 +160,15 @@ def test_step_rollout_masks_executor_tokens(tiny_model):
     from mathforge.executor import Executor
     from mathforge.generation import SamplingConfig
     from mathforge.rl import RLScriptArguments, StepRollout
-    from mathforge.rollout import rollout
+    from mathforge.rollout import Trajectory, rollout
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     generator = ScriptedGenerator(
+        tok,
         {
             "six": ["<step>\nx = 6 * 7\nprint(x)\n</step>", "<step>\nprint(x + 1)\n</step>", "<answer>\nThe answer is \\boxed{43}\n</answer>"],
             "fake": ["<step>\nprint(1)\n</step>", "<output>"],  # then tries to write an output block itself
-        }
+        },
     )  # fmt: skip
     prompts = [steps.chat_prompt(tok, "six times seven plus one"), steps.chat_prompt(tok, "fake it")]
     with Executor() as executor:
@@ -178,10 +185,10 @@ def test_step_rollout_masks_executor_tokens(tiny_model):
     # the faked output block is not part of the solution, but it is the model's text: kept as written
     # tokens (so the loss can push it down); no end-of-turn: not finished
     ids, mask = encoder.encode(b)
-    assert b.end == "invalid" and b.completion == "<step>\nprint(1)\n</step>\n<output>\n1\n</output>\n"
-    assert b.tail == "<output>" and tok.decode(ids) == b.completion + "<output>"
+    assert b.end == "invalid" and b.steps[0].output == "1\n" and b.last_chunk == "<output>"
+    assert tok.decode(ids) == b.completion == "<step>\nprint(1)\n</step>\n<output>\n1\n</output>\n<output>"
     assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "<step>\nprint(1)\n</step><output>"
-    assert encoder.encode(type(a)(prompt="p", end="invalid")) == ([encoder.pad_id], [0])
+    assert encoder.encode(Trajectory("p", [], end="invalid")) == ([encoder.pad_id], [0])
     short_ids, short_mask = StepRollout(RLScriptArguments(), tok, max_completion_length=5).encode(a)
     assert len(short_ids) == len(short_mask) == 5
 
@@ -199,18 +206,17 @@ def test_rl_trains_on_the_chunks_as_generated_not_re_rendered(tiny_model):
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     chunks = ["<step>\nprint(5)</step>", "<answer>\nThe answer is \\boxed{</answer>"]
-    generator = ScriptedGenerator({"odd": chunks})
-    seen = []
-    generate = generator.generate
-    generator.generate = lambda prompts, sampling: seen.extend(prompts) or generate(prompts, sampling)
+    generator = ScriptedGenerator(tok, {"odd": chunks})
     prompt = steps.chat_prompt(tok, "odd one")
     with Executor() as executor:
         ((t,),) = rollout([prompt], generator, executor, SamplingConfig(n=1), max_steps=8)
-    assert t.end == "answer" and t.answer == "The answer is \\boxed{" and t.written == chunks
+    assert t.end == "answer" and t.answer == "The answer is \\boxed{"
+    assert [s.text for s in t.segments if s.by_model] == chunks
+    seen = generator.seen
     assert (
         seen[1] == prompt + "<step>\nprint(5)</step>\n<output>\n5\n</output>\n"
     )  # its own text, then the output
-    assert t.completion.startswith("<step>\nprint(5)\n</step>")  # canonical, for evaluation records
+    assert t.completion == seen[1][len(prompt) :] + chunks[1] + "\n"  # as written, for every reader
     ids, mask = StepRollout(RLScriptArguments(), tok, max_completion_length=1000).encode(t)
     assert tok.decode([i for i, m in zip(ids, mask) if m == 1]) == "".join(chunks)
     assert tok.decode(ids) == seen[1][len(prompt) :] + chunks[1] + "\n<|im_end|>"
@@ -264,7 +270,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, toy_data, capsys):
         assert message in err[-1], (argv, err)
 
 
-@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in REPO.glob("recipes/*/rl/*.yaml")))
+TRL_RECIPES = [
+    p for p in REPO.glob("recipes/*/rl/*.yaml") if yaml.safe_load(p.read_text()).get("backend") != "verl"
+]
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in TRL_RECIPES))  # verl's: test_verl
 def test_rl_recipes_parse(recipe):
     from trl import ModelConfig
 

@@ -20,7 +20,7 @@ import pytest
 from mathforge import steps
 from mathforge.data.loading import DataArguments
 from mathforge.search import extract as ex
-from mathforge.search import inference
+from mathforge.search import inference, mcts
 from mathforge.search.mcts import SearchConfig, Tree, grade_answers, read_trees, run_search, search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,9 +263,7 @@ def test_extraction_rules_on_a_hand_built_tree(tiny_model):
     n = view.nodes
 
     def r(*ids):
-        return "".join(
-            ex.render_chunk(n[i]["kind"], n[i]["text"], n[i]["output"], n[i]["error"]) for i in ids
-        )
+        return "".join(mcts.node_text(n[i]) for i in ids)
 
     # SFT: B->6 (mean .75, min .5) beats E->G->14 (mean .75, min .25) on the tie; A->3 (.625) is third;
     # A->C->8 has a failing step and is never a candidate.
@@ -314,7 +312,7 @@ def test_final_step_pairs_split_at_the_shared_prefix():
     view = ex.TreeView(tree)
     pairs = ex.pair_rows(view, "P")
     assert len(pairs) == 1 and pairs[0]["rule"] == "step"  # the final-step pair is the same pair: kept once
-    assert pairs[0]["prompt"] == "P" + ex.render_chunk("step", "a = 2\nprint(a)", "2\n")
+    assert pairs[0]["prompt"] == "P" + mcts.render_chunk("step", "a = 2\nprint(a)", "2\n")
 
 
 def test_extract_command_and_trl_trainers(tiny_model, tmp_path):
@@ -394,13 +392,13 @@ def test_majority_vote_on_a_hand_made_case(grader):
         "\\boxed{3}",
         "\\boxed{4}",
     ]
-    assert inference.vote(answers) == 1  # 4 wins 3 votes to 2; the first "4" represents it
-    assert inference.vote(answers, weights=[5, 1, 1, 1, 1, 1]) == 0  # 3 wins 6 to 3
+    assert inference.vote(answers) == (1, 3)  # 4 wins 3 votes to 2; the first "4" represents it
+    assert inference.vote(answers, weights=[5, 1, 1, 1, 1, 1]) == (0, 6)  # 3 wins 6 to 3
     assert inference.vote([None, "no answer here at all\nat all"]) is None
-    assert inference.vote(["\\boxed{7}", "\\boxed{8}"]) == 0  # a tie goes to the group seen first
+    assert inference.vote(["\\boxed{7}", "\\boxed{8}"])[0] == 0  # a tie goes to the group seen first
     fracs = ["\\boxed{\\frac{1}{2}}", "\\boxed{2}", "\\boxed{0.5}", "\\boxed{2}"]
-    assert inference.vote(fracs) == 1
-    assert inference.vote(fracs, grader=grader) == 0  # with a grader 1/2 = 0.5: a 2-2 tie, seen first
+    assert inference.vote(fracs)[0] == 1
+    assert inference.vote(fracs, grader=grader)[0] == 0  # with a grader 1/2 = 0.5: a 2-2 tie, seen first
 
 
 def test_inference_modes_return_answers(problems, generator, executor):
@@ -430,5 +428,5 @@ def test_inference_modes_return_answers(problems, generator, executor):
         found = [a for a in answers if a.answer is not None]
         assert found, mode
         for a in found:
-            assert a.completion.endswith(steps.render_answer(a.answer)), mode
+            assert steps.parse_completion(a.completion).answer == a.answer, mode
     assert all(-1 <= a.score <= 1 for a in results["mcts"] if a.score is not None)

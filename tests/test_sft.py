@@ -130,3 +130,38 @@ def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-300" / "model.safetensors").write_text("half")  # killed before its state
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-200")
+
+
+def test_masking_executor_output_leaves_only_what_the_model_writes_in_the_loss(
+    tiny_model, toy_data, tmp_path
+):
+    import datasets
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from mathforge.sft import SFTScriptArguments, main, to_prompt_completion, tokenize_masking_outputs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = datasets.Dataset.from_list(
+        [json.loads(line) for line in (toy_data / "train.jsonl").read_text().splitlines()[:4]]
+    )
+    pairs = to_prompt_completion(rows, SFTScriptArguments(system_prompt=steps.SYSTEM_PROMPT))
+    for row, pair in zip(tokenize_masking_outputs(pairs, tok), pairs):
+        trained = tok.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+        solution = pair["completion"][0]["content"]
+        assert (
+            steps.OUTPUT_OPEN in solution and steps.OUTPUT_OPEN not in trained
+        )  # no executor text in the loss
+        # what is left is exactly what the model writes: its steps, its answer, the end of its turn
+        written = "".join(steps.render_step(s.code) for s in steps.parse_completion(solution).steps)
+        assert (
+            trained == written + steps.render_answer(steps.parse_completion(solution).answer) + "<|im_end|>\n"
+        )
+        assert tok.decode(row["input_ids"]).endswith(solution + "<|im_end|>\n")  # ... and it still reads them
+
+    out = tmp_path / "masked"
+    main(sft_args(tiny_model, toy_data, out, "--mask_executor_output", "true", "--max_steps", "3",
+                  "--per_device_train_batch_size", "4", "--save_strategy", "no", "--logging_steps", "1"))  # fmt: skip
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained

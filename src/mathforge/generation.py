@@ -1,8 +1,9 @@
 """Generation backends behind one interface: vLLM's offline `LLM` and transformers' `generate`.
 
-Both take a batch of prompt strings and return, per prompt, `n` completions with their text (the
-stop string kept, so a finished step is told apart from one cut off by the token limit), token
-count, finish reason and, where asked, the summed log-probability. Search, RL rollouts and
+Both take a batch of prompts (token id lists, or strings tokenized here) and return, per prompt, `n`
+completions with the token ids the model sampled (an EOS it sampled included), their text decoded
+from those ids (so it runs to the end of the last token: a stop string and whatever else that token
+held), token count, finish reason and, where asked, the summed log-probability. Search, RL rollouts and
 evaluation send every pending prompt in one call; nothing here is called once per node.
 
 Build a backend with :func:`load_generator`. Scripts that build the vLLM one must be import-safe
@@ -42,9 +43,34 @@ class SamplingConfig:
 @dataclass
 class Completion:
     text: str
+    """Decoded from ``token_ids`` (a final EOS left out of the text)."""
     num_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     logprob: float | None = None
+    token_ids: list[int] = field(default_factory=list)
+    """The ids the model sampled, in order."""
+
+
+def prompt_ids(tokenizer, prompts: list) -> list[list[int]]:
+    """Prompts as token id lists: id lists pass through, strings are tokenized (no BOS added after a
+    chat template)."""
+    texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+    out = [list(p) if not isinstance(p, str) else None for p in prompts]
+    if texts:
+        encoded = tokenizer([prompts[i] for i in texts], add_special_tokens=False)["input_ids"]
+        for i, ids in zip(texts, encoded):
+            out[i] = ids
+    return out
+
+
+def completion_from_ids(tokenizer, ids: list[int], eos_ids: set[int], stop: list[str], logprob=None):
+    """A `Completion` from sampled ids: the text decoded from them (without a final EOS), finish "stop" when
+    the model ended its turn or wrote a stop string, else "length"."""
+    ids = list(ids)
+    ended = bool(ids) and ids[-1] in eos_ids
+    text = tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=False)
+    stopped = ended or any(s in text for s in stop)
+    return Completion(text, len(ids), "stop" if stopped else "length", logprob, ids)
 
 
 class HFGenerator:
@@ -63,9 +89,10 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list, sampling: SamplingConfig) -> list[list[Completion]]:
         import torch
 
+        prompts = prompt_ids(self.tokenizer, prompts)
         results: list[list[Completion]] = []
         per_call = max(1, self.batch_size // max(1, sampling.n))
         if sampling.seed is not None:
@@ -74,17 +101,22 @@ class HFGenerator:
             results.extend(self._generate_batch(prompts[start : start + per_call], sampling))
         return results
 
-    def _generate_batch(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Completion]]:
         import torch
 
         tok = self.tokenizer
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
         greedy = sampling.temperature <= 0
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=not greedy,
             num_return_sequences=sampling.n,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=pad,
             return_dict_in_generate=True,
             output_scores=sampling.logprobs,
         )
@@ -95,25 +127,23 @@ class HFGenerator:
         if sampling.stop:
             kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
-        eos_ids = set(_as_list(self.model.generation_config.eos_token_id)) | {tok.pad_token_id}
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new_tokens = out.sequences[:, width:]
+        eos_ids = set(_as_list(self.model.generation_config.eos_token_id)) | {pad}
         scores = None
         if sampling.logprobs:
             scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         completions = []
         for row, tokens in enumerate(new_tokens.tolist()):
-            length = len(tokens)
-            while length and tokens[length - 1] == tok.pad_token_id:  # drop padding after the end
-                length -= 1
-            kept = tokens[:length]
-            ended_on_eos = bool(kept) and kept[-1] in eos_ids
+            # A sequence that finished early is filled with padding: it ends at its first EOS (sampled,
+            # kept) or, when a stop string ended it, right there (what follows is filling).
+            end = next((i for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
+            kept = tokens[:end]
             text = tok.decode(kept, skip_special_tokens=False)
-            if ended_on_eos:
-                text = tok.decode(kept[:-1], skip_special_tokens=False)
-            stopped = ended_on_eos or any(text.endswith(s) for s in sampling.stop) or length < len(tokens)
-            logprob = float(scores[row, :length].sum()) if scores is not None else None
-            completions.append(Completion(text, length, "stop" if stopped else "length", logprob))
+            if end < len(tokens) and not any(s in text for s in sampling.stop):
+                kept = tokens[: end + 1]
+            logprob = float(scores[row, : len(kept)].sum()) if scores is not None else None
+            completions.append(completion_from_ids(tok, kept, eos_ids, sampling.stop, logprob))
         return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
 
@@ -196,7 +226,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(self, prompts: list, sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -210,10 +240,9 @@ class VLLMGenerator:
             logprobs=0 if sampling.logprobs else None,
             skip_special_tokens=False,
         )
-        # Tokenized here as the transformers backend does (no added BOS after a chat template). A
-        # prompt that leaves no room to generate would make vLLM reject the whole batch; it gets an
+        # A prompt that leaves no room to generate would make vLLM reject the whole batch; it gets an
         # empty "length" completion instead (a long step-format solution can outgrow the context).
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids(self.tokenizer, prompts)
         fits = [i for i, tokens in enumerate(ids) if len(tokens) < self.max_model_len]
         outputs = (
             self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], params, use_tqdm=False)
@@ -221,17 +250,27 @@ class VLLMGenerator:
             else []
         )
         results = [[Completion("", 0, "length") for _ in range(sampling.n)] for _ in prompts]
+        eos_ids = self.eos_ids
         for i, out in zip(fits, outputs):
             results[i] = [
-                Completion(
-                    text=o.text,
-                    num_tokens=len(o.token_ids),
-                    finish_reason="length" if o.finish_reason == "length" else "stop",
-                    logprob=o.cumulative_logprob if sampling.logprobs else None,
+                completion_from_ids(
+                    self.tokenizer,
+                    o.token_ids,
+                    eos_ids,
+                    sampling.stop,
+                    o.cumulative_logprob if sampling.logprobs else None,
                 )
                 for o in out.outputs
             ]
         return results
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """The ids vLLM stops at: the generation config's EOS ids and the tokenizer's."""
+        config = self.llm.llm_engine.model_config
+        ids = set(_as_list(getattr(config.hf_config, "eos_token_id", None)))
+        ids |= set(_as_list((config.try_get_generation_config() or {}).get("eos_token_id")))
+        return ids | set(_as_list(self.tokenizer.eos_token_id))
 
 
 def _as_list(value) -> list[int]:

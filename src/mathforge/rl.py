@@ -11,16 +11,17 @@ works as documented by TRL. This module adds three things:
 * Step-format rollouts (``rollout_format: steps``): generation stops after each ``</step>``, the step runs in
   the sandboxed executor (keeping the solution's state) and the executor's real ``<output>`` is appended,
   with :func:`mathforge.rollout.rollout` -- the loop stage 1 and evaluation use. A model that starts an
-  output block of its own is stopped there and that text is dropped. For GRPO this is TRL's
+  output block of its own is stopped there and its trajectory ends (that chunk stays in the loss, as
+  written). For GRPO this is TRL's
   ``rollout_func``; the tokens of ``<output>`` blocks get ``env_mask`` 0, TRL's mask for environment
   tokens: they are context for the policy, not part of its loss, its KL or its logged length. RLOO in TRL
   1.16 has neither ``rollout_func`` nor ``env_mask``, so :class:`StepRLOOTrainer` overrides its generation
   hook and zeroes the per-token log-probabilities of output tokens (RLOO sums them into a sequence
   log-probability, so a zero is "not part of the sequence"). ``rollout_format: text`` is TRL's own
   single-turn generation (e.g. R1-style models that think in plain text).
-* The completion trained on is the canonical rendering of the trajectory, re-tokenized segment by segment
-  (model segments, output segments, then the end-of-turn token if the solution reached its answer).
-  Sampling log-probabilities are not returned (``logprobs: None``): TRL then computes the old policy's
+* The completion trained on is the trajectory's own token ids (:mod:`mathforge.rollout`): the ids the
+  generator sampled, the ids of the text the system appended (mask 0), then the end-of-turn token (mask 0)
+  if the solution reached its answer; never a re-tokenization of text. Sampling log-probabilities are not returned (``logprobs: None``): TRL then computes the old policy's
   log-probabilities itself, and vLLM's importance-sampling correction does not apply (it is turned off
   for step rollouts). A trajectory with no complete step gets one padding token, masked out: its
   reward still counts in its group's baseline. Step outputs are cut at ``exec_max_output_chars`` and a
@@ -44,7 +45,14 @@ from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
 
 from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
 from mathforge.errors import UserError
-from mathforge.generation import HFGenerator, SamplingConfig, VLLMGenerator
+from mathforge.generation import (
+    Completion,
+    HFGenerator,
+    SamplingConfig,
+    VLLMGenerator,
+    completion_from_ids,
+    prompt_ids,
+)
 from mathforge.rewards import REWARDS, JudgeError, RewardArguments, build_rewards
 from mathforge.sft import _end_of_turn_token, last_checkpoint, write_rank_report
 from mathforge.steps import MAX_OUTPUT_CHARS
@@ -128,12 +136,9 @@ class _ServerGenerator:
     def __init__(self, client, tokenizer, eos_ids: set[int]):
         self.client, self.tokenizer, self.eos_ids = client, tokenizer, eos_ids
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig):
-        from mathforge.generation import Completion
-
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    def generate(self, prompts: list, sampling: SamplingConfig):
         out = self.client.generate(
-            prompts=ids,
+            prompts=prompt_ids(self.tokenizer, prompts),
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -145,27 +150,22 @@ class _ServerGenerator:
                 "skip_special_tokens": False,
             },
         )
-        completions = []
-        for tokens in out["completion_ids"]:
-            ended = bool(tokens) and tokens[-1] in self.eos_ids
-            text = self.tokenizer.decode(tokens[:-1] if ended else tokens, skip_special_tokens=False)
-            stopped = ended or any(text.endswith(s) for s in sampling.stop)
-            completions.append(Completion(text, len(tokens), "stop" if stopped else "length"))
+        completions = [
+            completion_from_ids(self.tokenizer, ids, self.eos_ids, sampling.stop)
+            for ids in out["completion_ids"]
+        ]
         return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
 
 class _Budget:
-    """Stops a trajectory once its text is past ``limit`` tokens (its completion would be cut to
+    """Stops a trajectory once its context is past ``limit`` tokens (its completion would be cut to
     max_completion_length anyway): it gets an empty "length" chunk instead of another generate call."""
 
-    def __init__(self, generator, tokenizer, limit: int):
-        self.generator, self.tokenizer, self.limit = generator, tokenizer, limit
+    def __init__(self, generator, limit: int):
+        self.generator, self.tokenizer, self.limit = generator, generator.tokenizer, limit
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig):
-        from mathforge.generation import Completion
-
-        sizes = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        keep = [i for i, n in enumerate(sizes) if n < self.limit]
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig):
+        keep = [i for i, ids in enumerate(prompts) if len(ids) < self.limit]
         results = [[Completion("", 0, "length") for _ in range(sampling.n)] for _ in prompts]
         outputs = self.generator.generate([prompts[i] for i in keep], sampling) if keep else []
         for i, out in zip(keep, outputs):
@@ -263,30 +263,31 @@ class StepRollout:
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def __call__(self, prompts: list, trainer) -> dict:
-        return self.run_texts([self.prompt_text(p) for p in prompts], trainer)
+        texts = [self.prompt_text(p) for p in prompts]
+        return self.run(texts, self.tokenizer(texts, add_special_tokens=False)["input_ids"], trainer)
 
-    def run_texts(self, texts: list[str], trainer) -> dict:
+    def run(self, texts: list[str], ids: list[list[int]], trainer) -> dict:
         from mathforge.rollout import rollout
 
         args = trainer.args
         sampling = SamplingConfig(
             n=1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=self.args.max_step_tokens
         )
-        prompt_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        limit = max(len(ids) for ids in prompt_ids) + self.max_len
+        limit = max(len(p) for p in ids) + self.max_len
         with policy_generator(trainer, self.args.rollout_batch_size) as generator:
             groups = rollout(
                 texts,
-                _Budget(generator, self.tokenizer, limit),
+                _Budget(generator, limit),
                 self.executor,
                 sampling,
                 self.args.max_solution_steps,
                 self.args.max_code_errors,
+                prompt_ids=ids,
             )
         trajectories = [group[0] for group in groups]
         encoded = [self.encode(t) for t in trajectories]
         result = {
-            "prompt_ids": prompt_ids,
+            "prompt_ids": [list(p) for p in ids],
             "completion_ids": [ids for ids, _ in encoded],
             "logprobs": None,
             "env_mask": [mask for _, mask in encoded],
@@ -303,28 +304,17 @@ class StepRollout:
         return result
 
     def encode(self, trajectory) -> tuple[list[int], list[int]]:
-        """Token ids of the completion and its env mask (1: written by the model, 0: executor output).
+        """Token ids of the completion and its env mask (1: sampled by the model, 0: appended by the system).
 
-        The model's chunks are kept exactly as generated (:meth:`Trajectory.segments`), not re-rendered:
-        a chunk written as ``\\boxed{</answer>`` re-rendered canonically gains a newline the model never
-        sampled, and GRPO then pushes on that token forever (its log-prob fell to -27, the KL to 1e5).
-        Text the system adds (the newline after a closing tag, output blocks, the end-of-turn token after
-        the answer: generation stops at the tag) is mask 0."""
-        segments = [(text, int(by_model)) for text, by_model in trajectory.segments()]
-        # A broken last chunk (cut off, or a faked output block) is the model's own text: it stays in the
-        # sequence, as written tokens, so that its length counts and the loss pushes it down.
-        segments.append((trajectory.tail, 1))
-        segments = [(text, m) for text, m in segments if text]
-        ids: list[int] = []
-        mask: list[int] = []
-        if segments:
-            encoded = self.tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
-            for tokens, (_, m) in zip(encoded, segments):
-                ids += tokens
-                mask += [m] * len(tokens)
+        The ids are the trajectory's own (:attr:`Trajectory.completion_ids`): the model's chunks exactly as
+        sampled, a broken last chunk included (its length counts and the loss pushes it down), and the
+        system's line ends and output blocks as they were fed to the model; after an answer, the
+        end-of-turn token (mask 0: generation stopped at the closing tag). Never a re-tokenization: text
+        cut at a stop string and re-tokenized is not what was sampled (Qwen2 merges ``>`` with the newline
+        after it), and GRPO would push on tokens the model never chose."""
+        ids, mask = trajectory.completion_ids, trajectory.env_mask
         if trajectory.end == "answer":
-            ids.append(self.end_id)
-            mask.append(0)
+            ids, mask = ids + [self.end_id], mask + [0]
         if not ids:  # nothing usable was written: one masked padding token (TRL needs a non-empty row)
             return [self.pad_id], [0]
         return ids[: self.max_len], mask[: self.max_len]
@@ -340,7 +330,7 @@ class StepRLOOTrainer(RLOOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
         texts = self.processing_class.batch_decode(prompt_ids, skip_special_tokens=False)
-        out = self.step_rollout.run_texts(texts, self)
+        out = self.step_rollout.run(texts, prompt_ids, self)
         self._env_rows, self._model_tokens = out["env_mask"], out["model_tokens"]
         return out["completion_ids"]
 

@@ -47,6 +47,13 @@ class SFTScriptArguments:
         default=None, metadata={"help": "System message prepended to every prompt (None: no system turn)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows only."})
+    mask_executor_output: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave the executor's <output> blocks out of the loss (the system writes them, as RL's "
+            "env_mask says); the model still reads them. Default false: the loss covers the whole completion."
+        },
+    )
 
 
 def _read(name: str, config: str | None, split: str):
@@ -80,6 +87,42 @@ def to_prompt_completion(dataset, args: SFTScriptArguments):
         }
 
     return dataset.map(convert, remove_columns=columns, desc="prompt/completion")
+
+
+def output_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the ``<output>`` blocks in ``text``, each with the newline after its closing tag:
+    exactly what the step loop appends after a step (:mod:`mathforge.rollout`)."""
+    from mathforge.steps import OUTPUT_CLOSE, OUTPUT_OPEN
+
+    spans, start = [], text.find(OUTPUT_OPEN)
+    while start != -1:
+        end = text.find(OUTPUT_CLOSE, start)
+        if end == -1:
+            break
+        end += len(OUTPUT_CLOSE) + text.startswith("\n", end + len(OUTPUT_CLOSE))
+        spans.append((start, end))
+        start = text.find(OUTPUT_OPEN, end)
+    return spans
+
+
+def tokenize_masking_outputs(dataset, tokenizer):
+    """Pre-tokenized rows (``input_ids``, ``labels``) for TRL: the chat template rendered as TRL renders it,
+    labels -100 on the prompt and on every token that lies inside an ``<output>`` block of the completion."""
+
+    def encode(row):
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        if not full.startswith(prompt):
+            raise UserError("the chat template renders the prompt differently inside a conversation")
+        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [(a + len(prompt), b + len(prompt)) for a, b in output_spans(full[len(prompt) :])]
+        labels = []
+        for token, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+            inside = any(lo <= a and b <= hi for lo, hi in spans)
+            labels.append(-100 if a < len(prompt) or inside else token)
+        return {"input_ids": enc["input_ids"], "labels": labels}
+
+    return dataset.map(encode, remove_columns=dataset.column_names, desc="tokenize, outputs masked")
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -164,6 +207,9 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     if training_args.eos_token is None:
         training_args.eos_token = _end_of_turn_token(tokenizer)
+    if script_args.mask_executor_output:
+        train_set = tokenize_masking_outputs(train_set, tokenizer)
+        eval_set = tokenize_masking_outputs(eval_set, tokenizer) if eval_set is not None else None
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,

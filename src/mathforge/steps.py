@@ -26,9 +26,12 @@ A solution is a sequence of steps followed by an answer::
   the real output is appended. When text produced by a model is parsed, any ``<output>`` block in it
   is discarded: :func:`parse_completion` returns code and answer only, never a model-written output.
 * State (variables, imports) carries across the steps of one solution, as in a notebook.
-* The answer block holds ``\\boxed{...}``; the last box counts.
+* The answer block holds ``\\boxed{...}``; every box in it is the answer (several boxes state a set or
+  list; different values boxed for a single-valued gold are a hedge: wrong; see :mod:`mathforge.grader`).
 
-Every tag sits on its own line, so the tags tokenize the same way whatever the code around them.
+Every tag sits on its own line. In a real model's vocabulary a tag is several tokens and may merge with
+the newline after it (Qwen2: ``>\\n`` is one token), so text is never re-tokenized in pieces: the step loop
+(:mod:`mathforge.rollout`) keeps the ids the model sampled.
 """
 
 from __future__ import annotations

@@ -29,11 +29,19 @@ Tokenizer choices, as in Qwen2:
 * ChatML: ``<|im_start|>``, ``<|im_end|>`` (EOS: ends every turn) and ``<|endoftext|>`` (padding).
   The chat template inserts no default system prompt and supports ``add_generation_prompt``.
 
+``--tokenizer qwen2.5`` gives the same model around the tokenizer of the models users train
+(:mod:`mathforge.qwen_tokenizer`, built offline): the step tags are then several tokens each and the
+embedding has Qwen's 151,936 rows, so keep the size small (``mini``: ~10M parameters, nearly all of them
+embedding). Its pretraining (``--pretrain_steps``) is language modelling on executed toy solutions over
+the token ids they use (:func:`pretrain_text`), not the copy task, whose random tokens would span the whole
+vocabulary: ~200 steps give a model that writes the step format, which is what the tests need of it.
+
 Same seed, same files (weights and tokenizer), byte for byte.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -55,9 +63,11 @@ CHAT_TEMPLATE = (
 
 # CLI default of --pretrain_steps per size: micro (unit tests) and small (throughput benchmarks) need no
 # copying; `build()` defaults to 0 (random weights, seconds).
-PRETRAIN_STEPS = {"micro": 0, "tiny": 1200, "small": 0}
+PRETRAIN_STEPS = {"micro": 0, "mini": 0, "tiny": 1200, "small": 0}
 PRETRAIN_RANDOM_SHARE = 2 / 3  # of the pretraining steps on random-token repeats only (see `pretrain`)
 PRETRAIN_TOY_SHARE = 0.8  # of the sequences of the later steps that are toy lookups (the rest: repeats)
+
+TOKENIZERS = ("toy", "qwen2.5")
 
 # hidden, layers, attention heads, key/value heads, MLP width
 SIZES = {
@@ -67,6 +77,14 @@ SIZES = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        intermediate_size=192,
+    ),
+    # micro with a head size of 32, the smallest vLLM-CPU has attention kernels for: the real-tokenizer tests.
+    "mini": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
         intermediate_size=192,
     ),
     "tiny": dict(
@@ -96,7 +114,8 @@ class TinyModelConfig:
     size: str = field(
         default="tiny",
         metadata={
-            "help": "micro (~0.2M params, unit tests that train), tiny (~1M, CPU runs and tests) "
+            "help": "micro (~0.2M params, unit tests that train), mini (micro with vLLM-CPU's smallest head "
+            "size), tiny (~1M, CPU runs and tests) "
             "or small (~25M, throughput benchmarks)."
         },
     )
@@ -122,9 +141,18 @@ class TinyModelConfig:
     pretrain_learning_rate: float = field(
         default=3e-3, metadata={"help": "Peak learning rate of pretraining."}
     )
+    tokenizer: str = field(
+        default="toy",
+        metadata={
+            "help": "toy (a BPE trained on toy text, step tags as single tokens) or qwen2.5 (Qwen2.5-Math's "
+            "real tokenizer, built offline: needs `pip install dashscope tiktoken`; 151,936 embedding rows)."
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
 
     def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r} (choose from: {', '.join(TOKENIZERS)})")
         if self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r} (choose from: {', '.join(SIZES)})")
         if self.vocab_size < 300:  # 256 bytes + special tokens + a few merges
@@ -188,14 +216,18 @@ def train_tokenizer(
     )
 
 
-def build_model(tokenizer, size: str = "tiny", seed: int = 0, max_position_embeddings: int = 2048):
-    """A `Qwen2ForCausalLM` with seeded random weights and a generation config that stops at `<|im_end|>`."""
+def build_model(
+    tokenizer, size: str = "tiny", seed: int = 0, max_position_embeddings: int = 2048, vocab_rows: int = 0
+):
+    """A `Qwen2ForCausalLM` with seeded random weights and a generation config that stops at the tokenizer's
+    EOS (``<|im_end|>`` for the toy tokenizer; ``<|endoftext|>`` for Qwen2.5's, as Qwen2.5-Math's base
+    models do). ``vocab_rows``: embedding rows at least (Qwen pads its vocabulary to 151,936)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    eos, pad = tokenizer.convert_tokens_to_ids([IM_END, PAD])
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), vocab_rows),
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=None,
@@ -334,6 +366,79 @@ def pretrain(
     return {"loss": loss_avg, "copy_accuracy": accuracy, "seconds": time.perf_counter() - start}
 
 
+def pretrain_text(
+    model, tokenizer, texts: list[str], steps: int, batch_size: int = 16, learning_rate: float = 3e-3, seed: int = 0
+) -> dict:
+    """Language modelling on ``texts`` in place, over the whole vocabulary at the cost of the ids they use.
+
+    The stand-in for pretraining when the vocabulary is a real one: with Qwen2.5's 151,936 rows the full
+    output layer makes a CPU step ~20x slower, while text in the step format uses a few thousand ids. Every
+    other id shares one output row (learned), so their logits are equal and the softmax over all rows is
+    exact: the used ids' logits plus one bucket, ``log(count) + h . shared``. After training that row is
+    written into every unused id's, so a sampler over the full vocabulary (vLLM's, with no top-k) draws from
+    the distribution that was trained. Returns ``{"loss", "seconds"}``."""
+    import math
+    import random
+
+    import torch
+
+    start = time.perf_counter()
+    rng = random.Random(f"mathforge-pretrain-text:{seed}")
+    torch.manual_seed(seed)
+    encoded = [_ids(tokenizer, t) for t in texts]
+    weight = model.get_output_embeddings().weight
+    used = torch.tensor(sorted({i for ids in encoded for i in ids}))
+    unused = torch.ones(weight.shape[0], dtype=torch.bool)
+    unused[used] = False
+    index = torch.full((weight.shape[0],), -100, dtype=torch.long)
+    index[used] = torch.arange(len(used))
+    shared = torch.nn.Parameter(weight.detach()[unused].mean(0))
+    log_count = math.log(int(unused.sum()))
+    params = [*model.parameters(), shared]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    model.train()
+    loss_avg = None
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * min(1.0, (step + 1) / 10)
+        input_ids, _, attention_mask = _collate([(ids, 0) for ids in rng.sample(encoded, batch_size)], 0)
+        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        logits = torch.cat([hidden @ weight[used].T, (hidden @ shared + log_count).unsqueeze(-1)], dim=-1)
+        target = index[input_ids[:, 1:]].masked_fill(attention_mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+    with torch.no_grad():
+        weight[unused] = shared
+    model.eval()
+    return {"loss": loss_avg, "seconds": time.perf_counter() - start}
+
+
+def solution_texts(tokenizer, n: int, seed: int) -> list[str]:
+    """``n`` toy train problems with their executed teacher solutions, as chat-template conversations with
+    the step-format system prompt: what a model learns the step format from."""
+    from mathforge.data.toy import write_dataset
+    from mathforge.steps import SYSTEM_PROMPT
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(tmp, n_train=n, n_test=0, seed=10_000 + seed, progress=False)
+        rows = [json.loads(line) for line in Path(tmp, "train.jsonl").read_text().splitlines()]
+    return [
+        tokenizer.apply_chat_template(
+            [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": row["problem"]},
+                {"role": "assistant", "content": row["solution"]},
+            ],
+            tokenize=False,
+        )
+        for row in rows
+    ]
+
+
 def copy_accuracy(model, tokenizer, rng, n: int = 64) -> float:
     """Share of the repeated tokens of ``n`` held-out copy sequences predicted right (greedy, teacher-forced)."""
     import torch
@@ -358,6 +463,7 @@ def build(
     pretrain_steps: int = 0,
     pretrain_batch_size: int = 32,
     pretrain_learning_rate: float = 3e-3,
+    tokenizer: str = "toy",
 ) -> Path:
     """Build and save the model + tokenizer to ``output`` (via a temp folder renamed into place);
     ``pretrain_steps`` > 0 runs :func:`pretrain` first (the CLI's default does, this function's not)."""
@@ -365,11 +471,21 @@ def build(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"output {out} exists and is not empty; pass --overwrite true to replace it")
     start = time.perf_counter()
-    tokenizer = train_tokenizer(vocab_size, corpus_size, seed, max_position_embeddings)
-    model = build_model(tokenizer, size, seed, max_position_embeddings)
+    if tokenizer == "qwen2.5":
+        from mathforge import qwen_tokenizer
+
+        tok = qwen_tokenizer.build_tokenizer(max_position_embeddings)
+        rows = qwen_tokenizer.VOCAB_SIZE
+    else:
+        tok, rows = train_tokenizer(vocab_size, corpus_size, seed, max_position_embeddings), 0
+    model = build_model(tok, size, seed, max_position_embeddings, rows)
     pretrained = ""
-    if pretrain_steps > 0:
-        stats = pretrain(model, tokenizer, pretrain_steps, pretrain_batch_size, pretrain_learning_rate, seed)
+    if pretrain_steps > 0 and tokenizer == "qwen2.5":
+        texts = solution_texts(tok, 2000, seed)
+        stats = pretrain_text(model, tok, texts, pretrain_steps, 16, pretrain_learning_rate, seed)
+        pretrained = f", pretrained {pretrain_steps} steps on toy solutions in {stats['seconds']:.0f}s"
+    elif pretrain_steps > 0:
+        stats = pretrain(model, tok, pretrain_steps, pretrain_batch_size, pretrain_learning_rate, seed)
         pretrained = (
             f", copy-pretrained {pretrain_steps} steps in {stats['seconds']:.0f}s "
             f"(held-out copy accuracy {stats['copy_accuracy']:.2f})"
@@ -378,7 +494,7 @@ def build(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         if out.exists():  # only when overwriting: move the old one aside, then swap
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / "x")
@@ -392,7 +508,7 @@ def build(
     megabytes = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(
         f"built {size} Qwen2 model in {out}: {model.num_parameters() / 1e6:.2f}M parameters, "
-        f"vocab {len(tokenizer)}, {megabytes:.1f} MB{pretrained}, {time.perf_counter() - start:.1f}s"
+        f"vocab {len(tok)}, {megabytes:.1f} MB{pretrained}, {time.perf_counter() - start:.1f}s"
     )
     return out
 
@@ -412,6 +528,7 @@ def main(argv: list[str] | None = None) -> Path:
         config.pretrain_steps,
         config.pretrain_batch_size,
         config.pretrain_learning_rate,
+        config.tokenizer,
     )
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from mathforge import steps
 from mathforge.config import parse_config
 from mathforge.errors import UserError
-from mathforge.search.mcts import WRONG_REASONS, read_trees, render_chunk
+from mathforge.search.mcts import WRONG_REASONS, node_text, read_trees
 
 KINDS = ("sft", "pairs", "values")
 
@@ -102,7 +102,7 @@ class TreeView:
 
     @staticmethod
     def render(nodes: list[dict]) -> str:
-        return "".join(render_chunk(n["kind"], n["text"], n["output"], n["error"]) for n in nodes)
+        return "".join(node_text(n) for n in nodes)
 
 
 def _mean_min(path: list[dict]) -> tuple[float, float]:

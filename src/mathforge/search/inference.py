@@ -2,7 +2,8 @@
 
 Every function takes chat prompts (``steps.chat_prompt``), a generator and an executor (and a
 ``scorer(texts) -> values``, e.g. the PPM's ``load_scorer``), batches the work of all problems into
-shared generator/executor calls, and returns one :class:`SearchAnswer` per prompt:
+shared generator/executor calls through the one step loop of :mod:`mathforge.rollout`, and returns one
+:class:`SearchAnswer` per prompt:
 
 * :func:`mcts`: the search of :mod:`.mcts` without a gold answer: a finished solution's value is the
   scorer's score of the whole text, new steps start from their PPM score; the answer of the
@@ -15,11 +16,11 @@ shared generator/executor calls, and returns one :class:`SearchAnswer` per promp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mathforge import steps
 from mathforge.generation import SamplingConfig
-from mathforge.rollout import rollout
+from mathforge.rollout import Trajectory, expand, rollout, start
 from mathforge.search.mcts import Scorer, SearchConfig, Tree, run_search, score_answers
 
 
@@ -58,10 +59,13 @@ def group_answers(answers: list[str | None], weights: list[float] | None = None,
     return [g[1:] for g in groups]
 
 
-def vote(answers: list[str | None], weights: list[float] | None = None, grader=None) -> int | None:
-    """Index of the first answer of the group with the most (weighted) votes; ties: the group seen first."""
+def vote(
+    answers: list[str | None], weights: list[float] | None = None, grader=None
+) -> tuple[int, float] | None:
+    """The majority rule: (index of the first answer of the group with the most weight, that group's weight);
+    ties go to the group seen first. None when no answer has a final answer."""
     groups = group_answers(answers, weights, grader)
-    return max(groups, key=lambda g: (g[1], -g[0]))[0] if groups else None
+    return tuple(max(groups, key=lambda g: (g[1], -g[0]))) if groups else None
 
 
 def _sample(prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors):
@@ -88,11 +92,11 @@ def majority_vote(
     )
     for group in groups:
         tokens = sum(t.num_tokens for t in group)
-        groups = group_answers([t.answer for t in group], grader=grader)
-        if not groups:
+        winner = vote([t.answer for t in group], grader=grader)
+        if winner is None:
             out.append(SearchAnswer(None, None, None, tokens))
             continue
-        best, votes = max(groups, key=lambda g: (g[1], -g[0]))
+        best, votes = winner
         out.append(SearchAnswer(group[best].answer, group[best].completion, votes / len(group), tokens))
     return out
 
@@ -129,21 +133,6 @@ def best_of_n(
     return out
 
 
-@dataclass
-class _Beam:
-    problem: int
-    steps: list[steps.Step] = field(default_factory=list)
-    answer: str | None = None
-    parent_state: object = None
-    state: object = None
-    code_errors: int = 0
-    score: float = 0.0
-
-    @property
-    def completion(self) -> str:
-        return steps.render_solution(self.steps, self.answer)
-
-
 def step_beam_search(
     prompts: list[str],
     generator,
@@ -157,70 +146,54 @@ def step_beam_search(
     max_steps: int = 16,
     max_code_errors: int = 2,
 ) -> list[SearchAnswer]:
-    sampling = SamplingConfig(
-        n=samples,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        stop=steps.STOP_STRINGS,
-    )
-    active = [[_Beam(i)] for i in range(len(prompts))]
-    finished: list[list[_Beam]] = [[] for _ in prompts]
+    sampling = SamplingConfig(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    active = [[root] for root in start(prompts, generator.tokenizer)]
+    finished: list[list[Trajectory]] = [[] for _ in prompts]
+    problem = {id(group[0]): i for i, group in enumerate(active)}
     tokens = [0] * len(prompts)
+    scores: dict[int, float] = {}
     while any(active):
         flat = [b for group in active for b in group]
-        outputs = generator.generate([prompts[b.problem] + b.completion for b in flat], sampling)
-        children, seen = [], set()
-        for beam, completions in zip(flat, outputs):
-            tokens[beam.problem] += sum(c.num_tokens for c in completions)
-            for comp in completions:
-                kind, body = steps.parse_generation(comp.text)
-                key = (beam.problem, beam.completion + steps.normalize_chunk(kind, body))
-                if kind == "invalid" or key in seen:  # a malformed chunk can't be continued or answered
+        expanded = expand(flat, generator, executor, sampling, max_steps, max_code_errors, merge=True)
+        viable, seen = [], set()
+        for beam, children in zip(flat, expanded):
+            i = problem[id(beam)]
+            tokens[i] += sum(c.num_tokens for child in children for c in child.samples)
+            for child in children:
+                problem[id(child)] = i
+                # a child another beam of this problem already produced (same solution so far) is dropped
+                key = (i, steps.render_solution(child.steps, child.answer))
+                if child.end not in (None, "answer") or key in seen:
+                    if child.state is not None:
+                        executor.release(child.state)
+                        child.state = None
                     continue
                 seen.add(key)
-                child = _Beam(beam.problem, list(beam.steps), None, beam.state, None, beam.code_errors)
-                if kind == "answer":
-                    child.answer = body.strip()
-                else:
-                    child.steps.append(steps.Step(body))
-                children.append(child)
-        to_run = [c for c in children if c.answer is None]
-        results = executor.run_many([(c.parent_state, c.steps[-1].code) for c in to_run]) if to_run else []
-        for child, result in zip(to_run, results):
-            child.steps[-1].output, child.steps[-1].error = result.stdout, result.error
-            child.state, child.code_errors = result.state, child.code_errors + bool(result.error)
-        viable = []
-        for child in children:
-            alive = child.state is not None and child.code_errors <= max_code_errors
-            if child.answer is not None or (alive and len(child.steps) < max_steps):
                 viable.append(child)
-            elif child.state is not None:
-                executor.release(child.state)
-        for child, score in zip(
-            viable, scorer([prompts[c.problem] + c.completion for c in viable]) if viable else []
-        ):
-            child.score = float(score)
+        for child, score in zip(viable, scorer([c.text for c in viable]) if viable else []):
+            scores[id(child)] = float(score)
         active = [[] for _ in prompts]
-        for child in sorted(viable, key=lambda c: -c.score):
-            i = child.problem
+        for child in sorted(viable, key=lambda c: -scores[id(c)]):
+            i = problem[id(child)]
             if len(active[i]) + len(finished[i]) >= beams:
                 if child.state is not None:
                     executor.release(child.state)
-            elif child.answer is not None:
+                    child.state = None
+            elif child.end == "answer":
                 finished[i].append(child)
             else:
                 active[i].append(child)
         for beam in flat:
             if beam.state is not None:
                 executor.release(beam.state)
+                beam.state = None
     out = []
     for i, done in enumerate(finished):
-        best = max(done, key=lambda b: b.score, default=None)
+        best = max(done, key=lambda b: scores[id(b)], default=None)
         if best is None:
             out.append(SearchAnswer(None, None, None, tokens[i]))
         else:
-            out.append(SearchAnswer(best.answer, best.completion, best.score, tokens[i]))
+            out.append(SearchAnswer(best.answer, best.completion, scores[id(best)], tokens[i]))
     return out
 
 

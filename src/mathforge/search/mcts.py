@@ -18,7 +18,13 @@ takes its place, so the batch stays full. With ``pipeline`` (the default) the ba
 that take turns: one half's code runs in the executor's processes while the generator samples the
 other half's candidates, so that on a CPU neither waits for the other.
 
-**Children.** Sampled chunks with the same normalized text become one child (``count`` copies). The
+**The step loop.** Expansion is :mod:`mathforge.rollout`'s ``propose`` (one generator call, token ids
+in and out) and ``settle`` (outputs appended): every node holds the solution up to it exactly as the
+model wrote it plus what the system appended, which is what the policy continues, the PPM scores and
+the tree file records (``written``, ``appended``).
+
+**Children.** Sampled chunks with the same normalized text become one child (``count`` copies; the
+first sample's text is the child's). The
 prior P is the softmax over the k samples' mean token log-probabilities, summed over merged copies
 (PUCT); without log-probs it is the sampled frequency (used by UCT only to order unvisited
 children). A chunk that is neither a complete step nor an answer becomes an ``invalid`` terminal
@@ -43,7 +49,9 @@ ids already in the file and drops a torn last line. Schema::
      "seconds", "config" (the SearchConfig as a dict),
      "nodes": [{"id", "parent" (null for the root), "kind" (root|step|answer|invalid), "text" (code,
                 answer text, or the raw invalid chunk), "depth", "output", "error", "N", "Q", "prior",
-                "count", "value0" (PPM score or null), "terminal" (null or a reason above), "reward"}]}
+                "count", "value0" (PPM score or null), "terminal" (null or a reason above), "reward",
+                "written" (the chunk exactly as sampled), "appended" (what the system added after it:
+                the line end and the output block)}]}
 
 Node ids are list positions, and a parent always comes before its children.
 """
@@ -64,6 +72,7 @@ from mathforge.config import parse_config
 from mathforge.data.loading import DataArguments, load_from_args
 from mathforge.errors import UserError
 from mathforge.generation import DTYPE_HELP, SamplingConfig
+from mathforge.rollout import Proposal, Trajectory, propose, settle
 
 WRONG_REASONS = ("wrong", "too_deep", "code_errors")  # -1 leaves that are real solution attempts
 Scorer = Callable[[list[str]], list[float]]
@@ -156,7 +165,24 @@ class Node:
     N: int = 0
     W: float = 0.0
     children: list[int] = field(default_factory=list)
-    state: object = field(default=None, repr=False)
+    first_segment: int = 0
+    """Where this node's own segments start in ``traj.segments`` (its parent's count)."""
+    traj: Trajectory | None = field(default=None, repr=False)
+    """The solution up to and including this node, as the step loop built it (token ids, executor state)."""
+
+    @property
+    def state(self):
+        return self.traj.state if self.traj is not None else None
+
+    @state.setter
+    def state(self, value) -> None:
+        self.traj.state = value
+
+    @property
+    def pieces(self) -> tuple[str, str]:
+        """(what the model wrote, what the system appended after it) for this node's chunk."""
+        own = self.traj.segments[self.first_segment :]
+        return "".join(s.text for s in own if s.by_model), "".join(s.text for s in own if not s.by_model)
 
     @property
     def Q(self) -> float:
@@ -170,11 +196,13 @@ class Node:
         keys = ("id", "parent", "kind", "text", "depth", "output", "error", "N", "count", "value0")
         out = {k: getattr(self, k) for k in keys}
         out.update(Q=round(self.Q, 6), prior=round(self.prior, 6), terminal=self.terminal, reward=self.reward)
+        if self.traj is not None:
+            out["written"], out["appended"] = self.pieces
         return out
 
 
 def render_chunk(kind: str, text: str, output: str | None = None, error: str | None = None) -> str:
-    """A node's text as it appears in a solution: a step with its executor output, an answer, or raw text."""
+    """The canonical text of a node of a tree file written before nodes kept ``written``/``appended``."""
     if kind == "step":
         return steps.render_solution([steps.Step(text, output, error)])
     if kind == "answer":
@@ -182,14 +210,30 @@ def render_chunk(kind: str, text: str, output: str | None = None, error: str | N
     return text  # the root (empty) or an invalid chunk
 
 
+def node_text(node: dict) -> str:
+    """A tree-file node's chunk as it appears in its solution: what the model wrote and the system appended."""
+    if "written" in node:
+        return node["written"] + node["appended"]
+    return render_chunk(node["kind"], node["text"], node["output"], node["error"])
+
+
 class Tree:
     """The search tree of one problem, with its walk in flight."""
 
     def __init__(
-        self, id: str, prompt: str, config: SearchConfig, problem: str = "", gold: str | None = None
+        self,
+        id: str,
+        prompt: str,
+        config: SearchConfig,
+        problem: str = "",
+        gold: str | None = None,
+        prompt_ids: list[int] | None = None,
     ):
+        """``prompt_ids``: the prompt's token ids (None: tokenized by the generator's tokenizer when first
+        expanded)."""
         self.id, self.prompt, self.problem, self.gold, self.config = id, prompt, problem, gold, config
-        self.nodes = [Node(0, None, "root", "", 0)]
+        root = Trajectory(prompt, prompt_ids) if prompt_ids is not None else Trajectory(prompt, None)
+        self.nodes = [Node(0, None, "root", "", 0, traj=root)]
         self.path = [0]  # the walk in flight, from the root
         self.pending: int | None = None  # node waiting for its expansion
         self.rollouts = 0
@@ -215,9 +259,7 @@ class Tree:
 
     def text(self, node_id: int) -> str:
         """Prompt + the solution so far, up to and including the node (what the policy and PPM see)."""
-        return self.prompt + "".join(
-            render_chunk(n.kind, n.text, n.output, n.error) for n in self.trajectory(node_id)
-        )
+        return self.nodes[node_id].traj.text
 
     def advance(self) -> None:
         """Walk (and back up finished rollouts) until an expansion is needed or the tree is done."""
@@ -276,29 +318,22 @@ class Tree:
 # --- one search step: expand every pending node of every tree in one batch ----------------------------------
 
 
-def _candidates(completions, use_logprobs: bool) -> list[dict]:
-    """Merge the k sampled chunks of one node by normalized text; priors summed over merged copies."""
-    if use_logprobs and all(c.logprob is not None for c in completions):
-        means = [c.logprob / max(1, c.num_tokens) for c in completions]
-        top = max(means)
-        weights = [math.exp(m - top) for m in means]
+def _priors(kids: list[Trajectory], use_logprobs: bool) -> list[float]:
+    """Each child's share of its parent's k samples: by the samples' mean token log-probabilities (a
+    softmax, summed over merged copies), or their count."""
+    samples = [c for kid in kids for c in kid.samples]
+    if use_logprobs and all(c.logprob is not None for c in samples):
+        top = max(c.logprob / max(1, c.num_tokens) for c in samples)
+
+        def weight(c):
+            return math.exp(c.logprob / max(1, c.num_tokens) - top)
     else:
-        weights = [1.0] * len(completions)
-    total = sum(weights)
-    merged: dict[str, dict] = {}
-    for comp, weight in zip(completions, weights):
-        kind, body = steps.parse_generation(comp.text)
-        if kind == "invalid":
-            key, text = "invalid:" + comp.text.strip(), comp.text
-        else:
-            key, text = steps.normalize_chunk(kind, body), body if kind == "step" else body.strip()
-        cand = merged.setdefault(key, {"kind": kind, "text": text, "prior": 0.0, "count": 0})
-        cand["prior"] += weight / total
-        cand["count"] += 1
-        if kind == "invalid":
-            cut = comp.finish_reason == "length"
-            cand["error"] = "cut off at max_new_tokens" if cut else "not a complete <step> or <answer> block"
-    return list(merged.values())
+
+        def weight(c):
+            return 1.0
+
+    total = sum(weight(c) for c in samples) or 1.0
+    return [sum(weight(c) for c in kid.samples) / total for kid in kids]
 
 
 def grade_answers(grader) -> Callable:
@@ -326,43 +361,68 @@ class Expansion:
     """The sampled children of the pending nodes of some trees, waiting for their code to run."""
 
     trees: list[Tree]
-    to_run: list[tuple[Tree, Node, Node]]  # (tree, parent, child) of every step child
+    proposal: Proposal
+    to_run: list[
+        tuple[Tree, Node, Node]
+    ]  # (tree, parent, child) of every step child, in the proposal's order
     answers: list[tuple[Tree, Node]]
     new_nodes: int
 
     @property
     def jobs(self) -> list[tuple[object, str]]:
-        return [(parent.state, child.text) for _, parent, child in self.to_run]
+        return self.proposal.jobs
 
 
 def sample_children(trees: list[Tree], generator) -> Expansion:
-    """One generator call for the pending node of every tree; the samples become children."""
+    """One generator call for the pending node of every tree (the step loop's :func:`propose`); the
+    samples become children, identical ones merged."""
     config = trees[0].config
     sampling = SamplingConfig(
         n=config.num_candidates,
         temperature=config.temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
-        stop=steps.STOP_STRINGS,
         logprobs=config.selection == "puct",
     )
-    prompts = {id(t): t.text(t.pending) for t in trees}
-    trees = sorted(trees, key=lambda t: len(prompts[id(t)]))  # similar lengths together: less padding
-    outputs = generator.generate([prompts[id(t)] for t in trees], sampling)
+    roots = [t.nodes[0].traj for t in trees if t.nodes[0].traj.prompt_ids is None]
+    if roots:
+        ids = generator.tokenizer([r.prompt for r in roots], add_special_tokens=False)["input_ids"]
+        for root, prompt_ids in zip(roots, ids):
+            root.prompt_ids = prompt_ids
+    parents = {id(t): t.nodes[t.pending] for t in trees}
+    trees = sorted(trees, key=lambda t: len(parents[id(t)].traj.ids))  # similar lengths together
+    proposal = propose([parents[id(t)].traj for t in trees], generator, sampling, merge=True)
     to_run, answers, new = [], [], 0
-    for tree, completions in zip(trees, outputs):
-        parent = tree.nodes[tree.pending]
-        tree.tokens += sum(c.num_tokens for c in completions)
-        for cand in _candidates(completions, sampling.logprobs):
-            child = tree.add_child(parent, code_errors=parent.code_errors, **cand)
+    for tree, kids in zip(trees, proposal.children):
+        parent = parents[id(tree)]
+        tree.tokens += sum(c.num_tokens for kid in kids for c in kid.samples)
+        for kid, prior in zip(kids, _priors(kids, sampling.logprobs)):
+            if kid.kind == "step":
+                text = kid.steps[-1].code
+            else:
+                text = kid.answer if kid.kind == "answer" else kid.last_chunk
+            child = tree.add_child(
+                parent,
+                kind=kid.kind,
+                text=text,
+                prior=prior,
+                count=len(kid.samples),
+                code_errors=parent.code_errors,
+                traj=kid,
+                first_segment=len(parent.traj.segments),
+            )
             new += 1
             if child.kind == "invalid":
                 child.terminal, child.reward = "invalid", -1.0
+                cut = kid.end == "length"
+                child.error = (
+                    "cut off at max_new_tokens" if cut else "not a complete <step> or <answer> block"
+                )
             elif child.kind == "answer":
                 answers.append((tree, child))
             else:
                 to_run.append((tree, parent, child))
-    return Expansion(trees, to_run, answers, new)
+    return Expansion(trees, proposal, to_run, answers, new)
 
 
 def finish_expansion(
@@ -370,21 +430,20 @@ def finish_expansion(
 ) -> None:
     """Attach the executor's results, end terminals, grade answers, score new nodes, free parent states."""
     config = expansion.trees[0].config
+    settle(expansion.proposal, results, executor, config.max_depth, config.max_code_errors)
     to_score = []
-    for (tree, _, child), result in zip(expansion.to_run, results):
-        child.output, child.error, child.state = result.stdout, result.error, result.state
-        child.code_errors += 1 if result.error else 0
-        if child.code_errors > config.max_code_errors or result.state is None:
+    for tree, _, child in expansion.to_run:
+        kid = child.traj
+        child.output, child.error = kid.steps[-1].output, kid.steps[-1].error
+        child.code_errors = kid.code_errors
+        if kid.end == "code_errors":
             child.terminal = "code_errors"
-        elif child.depth >= config.max_depth:
+        elif kid.end == "max_steps":  # a step at depth max_depth: no room left for an answer
             child.terminal = "too_deep"
         if child.terminal is None:
             to_score.append((tree, child))
         else:
             child.reward = -1.0
-            if child.state is not None:  # a terminal is never continued
-                executor.release(child.state)
-                child.state = None
     answers = expansion.answers
     for (_, child), (reward, reason) in zip(answers, evaluate_answers(answers) if answers else []):
         child.terminal, child.reward = reason, reward

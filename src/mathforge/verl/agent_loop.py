@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from uuid import uuid4
 
 from mathforge import steps
+from mathforge.rollout import appended_text, step_end
 from mathforge.steps import MAX_OUTPUT_CHARS
 
 logger = logging.getLogger(__name__)
@@ -192,21 +193,20 @@ async def run_steps(
             kind, body = steps.parse_generation(text)
             if kind == "answer":
                 result.answer, result.end = body.strip(), "answer"
-                if not ended:  # generation stopped at </answer>: the system closes the turn
+                if not ended:  # generation stopped at </answer>: the system ends the line and closes the turn
+                    system_text(appended_text(text))
                     add([end_of_turn_id(tokenizer)], False)
             elif kind == "step" and not ended:
                 step = steps.Step(code=body)
                 result.steps.append(step)
                 outcome = await executor.run(state, body)
                 step.output, step.error = outcome.stdout, outcome.error
-                if outcome.state is not None:  # a step that raised keeps what ran before the error
-                    await executor.release(state)
-                    state = outcome.state
-                system_text("\n" + steps.output_block(step))
-                if result.code_errors > config.max_code_errors:
-                    result.end = "code_errors"
-                elif len(result.steps) >= config.max_solution_steps:
-                    result.end = "max_steps"
+                await executor.release(state)
+                state = outcome.state  # after an exception too (notebook semantics); None if the process died
+                system_text(appended_text(text, step))
+                result.end = step_end(
+                    result.steps, outcome.state is None, config.max_solution_steps, config.max_code_errors
+                )
             else:
                 stopped = ended or text.rstrip().endswith(tuple(steps.STOP_STRINGS))
                 result.end = "invalid" if stopped else "length"
