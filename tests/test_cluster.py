@@ -1,0 +1,153 @@
+"""Data-parallel search through a real 2-process `accelerate launch` (one vLLM engine and one executor pool
+per process, one tree file each), resumed after one rank is killed; the shard helpers.
+
+The tiny model has random weights, so its trees are small (most chunks are invalid): what is tested is
+which problems each copy searches and where the trees go, not their quality.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mathforge.cluster import Shard, launched_shard
+from mathforge.data.loading import load_problems
+from mathforge.errors import UserError
+from mathforge.search.mcts import read_tree_set, read_trees, shard_file, tree_files
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(REPO / "src"),
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def search_command(model, data, out, *extra):
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "accelerate_configs/cpu_2proc.yaml"),
+        "-m", "mathforge.search.mcts",
+        "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_file", str(out),
+        "--num_candidates", "2", "--batch_problems", "2", "--exec_workers", "2", *extra,
+    ]  # fmt: skip
+
+
+def ids_per_file(out: Path) -> dict[str, list[str]]:
+    return {Path(f).name: [str(t["id"]) for t in read_trees(f)] for f in tree_files(out)}
+
+
+@pytest.fixture(scope="module")
+def problems(toy_data, tmp_path_factory):
+    """A slice of the toy set (rows 5..16): its ids must be those of the whole file."""
+    rows = (toy_data / "train.jsonl").read_text().splitlines()
+    path = tmp_path_factory.mktemp("cluster-data") / "train.jsonl"
+    path.write_text(
+        "".join(json.dumps({k: v for k, v in json.loads(r).items() if k != "id"}) + "\n" for r in rows)
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_two_process_vllm_search_shards_cover_the_problem_set_once(tiny_model, problems, tmp_path):
+    out = tmp_path / "trees.jsonl"
+    cmd = search_command(tiny_model, problems, out, "--backend", "vllm", "--dataset_split", "train[5:15]",
+                         "--num_rollouts", "2", "--max_new_tokens", "16")  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = ids_per_file(out)
+    assert sorted(files) == ["trees.rank0-of-2.jsonl", "trees.rank1-of-2.jsonl"]  # no unsharded file
+    want = [f"train-{i}" for i in range(5, 15)]  # the one-process problem set, ids of the whole file
+    assert files["trees.rank0-of-2.jsonl"] == want[0::2] and files["trees.rank1-of-2.jsonl"] == want[1::2]
+    assert {t["config"]["backend"] for t in read_tree_set(out)} == {"vllm"}
+
+    from mathforge.search.extract import main as extract
+
+    stats = extract(["--trees", str(out), "--output_dir", str(tmp_path / "data")])
+    assert stats["problems"] == 10  # extract reads both shards from the unsharded name
+
+
+@pytest.mark.slow
+def test_killed_rank_resumes_without_duplicates(tiny_model, problems, tmp_path):
+    out = tmp_path / "trees.jsonl"
+    cmd = search_command(tiny_model, problems, out, "--backend", "transformers", "--max_problems", "24",
+                         "--num_rollouts", "6", "--max_new_tokens", "48")  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    rank1 = Path(str(out).replace(".jsonl", ".rank1-of-2.jsonl"))
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if rank1.exists() and len(read_trees(rank1)) >= 2:
+            break
+        time.sleep(0.2)
+    pid = next(p for p in _descendants(proc.pid) if _env(p).get("RANK") == "1")
+    os.kill(pid, signal.SIGKILL)  # rank 1 dies; the launcher then stops rank 0
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    killed = ids_per_file(out)
+    assert 2 <= len(killed["trees.rank1-of-2.jsonl"]) < 12, "rank 1 was not killed mid-run"
+
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    files = ids_per_file(out)
+    every = [i for ids in files.values() for i in ids]
+    assert len(every) == len(set(every)) == 24  # no problem twice, none missing
+    assert set(every) == set(load_problems(str(problems), max_problems=24)["id"])
+    for name, ids in killed.items():  # trees written before the kill are kept, not searched again
+        assert files[name][: len(ids)] == ids
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    children = {}
+    for line in out:
+        if line.strip():
+            p, parent = map(int, line.split())
+            children.setdefault(parent, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_shard_files_and_positions(tmp_path):
+    assert shard_file(tmp_path / "t.jsonl", 3, 8) == str(tmp_path / "t.rank3-of-8.jsonl")
+    assert shard_file(tmp_path / "t.jsonl", 0, 1) == str(tmp_path / "t.jsonl")
+    (tmp_path / "t.rank0-of-2.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n')
+    (tmp_path / "t.rank1-of-2.jsonl").write_text('{"id": "c"}\n{"id": "d')  # torn last line
+    (tmp_path / "t.jsonl").write_text('{"id": "b"}\n')  # a later one-process re-run found b done
+    (tmp_path / "other.rank0-of-2.jsonl").write_text('{"id": "x"}\n')
+    assert [Path(f).name for f in tree_files(tmp_path / "t.jsonl")] == [
+        "t.jsonl",
+        "t.rank0-of-2.jsonl",
+        "t.rank1-of-2.jsonl",
+    ]
+    assert [t["id"] for t in read_tree_set(tmp_path / "t.jsonl")] == ["b", "a", "c"]
+    shards = [Shard(r, 3) for r in range(3)]
+    assert [[p for p in range(7) if s.owns(p)] for s in shards] == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_launched_shard_reads_the_global_rank():
+    assert launched_shard({}) == Shard()
+    # node 1 of 2, 8 processes each: global rank 11, local rank 3
+    env = {"RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8"}
+    assert launched_shard(env) == Shard(11, 16, 3, 8)
+    with pytest.raises(UserError, match="out of range"):
+        launched_shard({"RANK": "2", "WORLD_SIZE": "2"})
