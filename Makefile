@@ -28,6 +28,7 @@ bench: $(STAMP)
 	PYTHONPATH=src $(PY) bench/bench_grader.py
 	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_search.py
 	PYTHONPATH=src $(PY) bench/bench_eval.py
+	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_ppm.py
 
 clean:
 	rm -rf runs .pytest_cache

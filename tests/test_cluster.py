@@ -151,3 +151,44 @@ def test_launched_shard_reads_the_global_rank():
     assert launched_shard(env) == Shard(11, 16, 3, 8)
     with pytest.raises(UserError, match="out of range"):
         launched_shard({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+@pytest.fixture(scope="module")
+def random_ppm(tiny_model, tmp_path_factory):
+    """The tiny model with a random 1-label head, saved as `mathforge ppm` saves a PPM."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("ppm") / "ppm"
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_vllm_pooling_scores_the_ppm_as_transformers_does(random_ppm):
+    """vLLM's pooling runner serves the Qwen2ForSequenceClassification head: same raw outputs, same scores."""
+    from mathforge.ppm import VLLMPPMScorer, load_scorer
+    from mathforge.search.mcts import load_ppm
+
+    texts = [
+        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n",
+        "<step>\nprint(2+3)\n</step>\n<output>\n5\n</output>",
+        "x",
+    ]
+    texts += [texts[1] * 40]  # longer than a batch neighbour: padding must not matter
+    hf = load_scorer(str(random_ppm))
+    want = hf.raw(texts)
+    assert len(set(round(w, 4) for w in want)) == len(texts)  # a head that tells the texts apart
+    exact = VLLMPPMScorer(str(random_ppm), dtype="float32")
+    assert exact.raw(texts) == pytest.approx(want, abs=1e-5)
+    assert exact(texts) == pytest.approx(hf(texts), abs=1e-5) and exact.raw([]) == []
+    del exact
+    # what search builds (dtype auto: vLLM on CPU runs the float32 model in bfloat16)
+    default = load_ppm(str(random_ppm), backend="vllm", gpu_memory_utilization=0.2)
+    assert isinstance(default, VLLMPPMScorer)
+    assert default.raw(texts) == pytest.approx(want, abs=0.01)

@@ -111,6 +111,19 @@ class EvalConfig:
     )
     search: str = field(default="none", metadata={"help": "none, majority, best_of_n, beam or mcts."})
     ppm_path: str | None = field(default=None, metadata={"help": "PPM for best_of_n, beam and mcts."})
+    ppm_device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the transformers PPM runs (cuda, cuda:1, cpu). None: cuda if available, else cpu."
+        },
+    )
+    ppm_backend: str = field(
+        default="transformers",
+        metadata={"help": "PPM scorer: transformers, or vllm (vLLM's pooling runner, a second engine)."},
+    )
+    ppm_gpu_memory_utilization: float = field(
+        default=0.2, metadata={"help": "ppm_backend vllm: the PPM engine's fraction of the GPU."}
+    )
     search_n: int = field(default=8, metadata={"help": "majority/best_of_n: solutions per problem."})
     beams: int = field(default=3, metadata={"help": "beam: B1, beams kept."})
     beam_samples: int = field(default=4, metadata={"help": "beam: B2, steps sampled per beam."})
@@ -326,7 +339,13 @@ def generate_samples(
     if config.search in ("best_of_n", "beam", "mcts"):
         from mathforge.search.mcts import load_ppm
 
-        scorer = load_ppm(config.ppm_path)
+        scorer = load_ppm(
+            config.ppm_path,
+            device=config.ppm_device,
+            backend=config.ppm_backend,
+            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+        )
     own_executor = executor is None and config.prompt_format == "steps"
     if own_executor:
         executor = Executor(
