@@ -7,6 +7,7 @@ which problems each copy searches and where the trees go, not their quality.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,3 +193,203 @@ def test_vllm_pooling_scores_the_ppm_as_transformers_does(random_ppm):
     default = load_ppm(str(random_ppm), backend="vllm", gpu_memory_utilization=0.2)
     assert isinstance(default, VLLMPPMScorer)
     assert default.raw(texts) == pytest.approx(want, abs=0.01)
+
+
+# --- DeepSpeed ZeRO-3 on 2 CPU processes ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deepspeed_cpu_ops():
+    """DeepSpeed's CPU backend compiles its shared-memory collectives op on first use (minutes on 2 cores, in
+    every rank at once); `scripts/install.sh` builds it at install, this builds it here should it be missing."""
+    run = subprocess.run(
+        [sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+        capture_output=True, text=True, env=ENV, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def step_policy(tiny_model, toy_data, tmp_path_factory):
+    """The tiny model after a short SFT: it writes steps whose code runs, so trajectories differ in length."""
+    from mathforge.sft import main
+
+    out = tmp_path_factory.mktemp("cluster-policy") / "sft"
+    main(
+        [
+            "--config", str(REPO / "recipes/tiny/sft/config_toy.yaml"), "--model_name_or_path", str(tiny_model),
+            "--dataset_name", str(toy_data), "--output_dir", str(out), "--max_steps", "120",
+            "--per_device_train_batch_size", "16", "--save_strategy", "no", "--logging_steps", "60",
+            "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    return out
+
+
+def launch_bounded(cmd, seconds: int) -> subprocess.CompletedProcess:
+    """Run a launch in its own process group; kill the whole group if it outlives ``seconds`` (a hang)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"launch still running after {seconds}s (hung); last output:\n{out[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def zero3_launch(module: str, *args) -> list[str]:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "accelerate_configs/cpu_zero3_2proc.yaml"), "-m", module, *args,
+    ]  # fmt: skip
+
+
+def rank_reports(out: Path) -> list[dict]:
+    return [json.loads((out / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_zero3_sft_on_two_cpu_processes(deepspeed_cpu_ops, tiny_model, toy_data, tmp_path):
+    out = tmp_path / "sft"
+    run = launch_bounded(
+        zero3_launch(
+            "mathforge.sft", "--config", str(REPO / "recipes/tiny/sft/config_toy.yaml"),
+            "--model_name_or_path", str(tiny_model), "--dataset_name", str(toy_data), "--output_dir", str(out),
+            "--max_steps", "4", "--per_device_train_batch_size", "4", "--save_steps", "4", "--logging_steps", "2",
+        ),
+        600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    for rank, report in enumerate(rank_reports(out)):
+        assert report["rank"] == rank and report["world_size"] == 2 and report["global_step"] == 4
+        assert report["distributed_type"] == "DistributedType.DEEPSPEED"
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out)  # gathered from the partitions into whole tensors
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model)
+    for (name, p), (_, q) in zip(saved.named_parameters(), reference.named_parameters()):
+        assert p.shape == q.shape, name
+
+
+@pytest.mark.slow
+def test_zero3_rl_with_ppm_reward_and_transformers_step_rollouts(
+    deepspeed_cpu_ops, step_policy, toy_data, tmp_path
+):
+    """ZeRO-3 GRPO with step rollouts from the trainer's own policy and the ppm reward. Ranks make different
+    numbers of generate calls (each as many rounds as its longest trajectory); with transformers' synced_gpus
+    on, this launch hung (killed after 300 s); without the PPM loaded outside zero.Init it failed with
+    "'weight' must be 2-D". Bounded: a launch still running after 600 s fails the test."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ppm = tmp_path / "ppm"
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(step_policy)
+    head = AutoModelForSequenceClassification.from_pretrained(step_policy, num_labels=1)
+    head.config.pad_token_id = tokenizer.pad_token_id
+    head.save_pretrained(ppm)
+    tokenizer.save_pretrained(ppm)
+    out = tmp_path / "rl"
+    run = launch_bounded(
+        zero3_launch(
+            "mathforge.rl", "--config", str(REPO / "recipes/tiny/rl/config_toy.yaml"),
+            "--model_name_or_path", str(step_policy), "--dataset_name", str(toy_data), "--output_dir", str(out),
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "4",
+            "--num_iterations", "1", "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "true",
+            "--reward_funcs", "accuracy", "ppm", "--reward_weights", "1", "1", "--ppm_path", str(ppm),
+        ),
+        600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    for report in rank_reports(out):
+        assert report["world_size"] == 2 and report["global_step"] == 2
+        assert report["distributed_type"] == "DistributedType.DEEPSPEED"
+    ppm_means = [float(m) for m in re.findall(r"'rewards/ppm/mean': '([^']+)'", run.stdout)]
+    assert len(ppm_means) == 2 and all(-1 <= m <= 1 for m in ppm_means) and len(set(ppm_means)) == 2
+    assert re.findall(r"'rollout/steps': '([^']+)'", run.stdout)  # the rollouts ran steps in the executor
+
+
+class _StandIn:
+    """Attribute bag standing in for a trainer whose distributed state cannot exist here (FSDP needs a GPU in
+    accelerate: on CPU its FSDP launch falls back to separate single processes)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _trainer(kind: str, stage: int = 0, gather: bool = True, processes: int = 2):
+    from accelerate.utils import DistributedType
+
+    plugin = _StandIn(zero_stage=stage)
+    accelerator = _StandIn(
+        num_processes=processes,
+        distributed_type=DistributedType[kind],
+        state=_StandIn(deepspeed_plugin=plugin),
+    )
+    return _StandIn(accelerator=accelerator, use_vllm=False, args=_StandIn(ds3_gather_for_generation=gather))
+
+
+def test_generation_guard_refuses_what_would_hang():
+    from mathforge.cluster import for_generation, generation_guard
+
+    assert generation_guard(_trainer("DEEPSPEED", stage=3)) == {"synced_gpus": False}
+    assert generation_guard(_trainer("MULTI_GPU")) == {"synced_gpus": False}
+    assert generation_guard(_trainer("DEEPSPEED", stage=3, processes=1)) == {}
+    with pytest.raises(UserError, match="under FSDP would hang"):
+        generation_guard(_trainer("FSDP"))
+    with pytest.raises(UserError, match="ds3_gather_for_generation: true"):
+        generation_guard(_trainer("DEEPSPEED", stage=3, gather=False))
+
+    class Model:
+        name = "policy"
+
+        def generate(self, **kwargs):
+            return kwargs
+
+    wrapped = for_generation(Model(), _trainer("DEEPSPEED", stage=3))
+    assert wrapped.generate(max_new_tokens=4) == {"synced_gpus": False, "max_new_tokens": 4}
+    assert wrapped.name == "policy"
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_through_launch_sh(tiny_model, problems, tmp_path):
+    """scripts/launch.sh as two 'nodes' of one GPU each (both on this machine, MAIN_ADDR 127.0.0.1): the
+    search copies get global ranks 0 and 1 (local rank 0 each) and split the problems by global rank."""
+    out = tmp_path / "trees.jsonl"
+    args = ["--model_name_or_path", str(tiny_model), "--dataset_name", str(problems), "--output_file", str(out),
+            "--max_problems", "6", "--num_rollouts", "2", "--num_candidates", "2", "--max_new_tokens", "16",
+            "--exec_workers", "2"]  # fmt: skip
+    base = {**ENV, "NUM_MACHINES": "2", "GPUS_PER_NODE": "1", "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": "29517",
+            "PYTHON": sys.executable}  # fmt: skip
+    cmd = ["bash", str(REPO / "scripts/launch.sh"), str(REPO / "accelerate_configs/cpu_2proc.yaml"),
+           "mathforge.search.mcts", *args]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**base, "MACHINE_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "node 1 of 2, 1 GPUs each" in logs[1]
+    files = ids_per_file(out)
+    assert files == {
+        "trees.rank0-of-2.jsonl": ["train-0", "train-2", "train-4"],
+        "trees.rank1-of-2.jsonl": ["train-1", "train-3", "train-5"],
+    }
+
+
+def test_launch_sh_needs_the_main_address_for_several_nodes():
+    env = {**ENV, "NUM_MACHINES": "2", "GPUS_PER_NODE": "8"}
+    env.pop("MAIN_ADDR", None)
+    env.pop("SLURM_JOB_NODELIST", None)
+    run = subprocess.run(["bash", str(REPO / "scripts/launch.sh"), str(REPO / "accelerate_configs/zero3.yaml"),
+                          "mathforge.sft"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert run.returncode == 2 and "needs MAIN_ADDR" in run.stderr
