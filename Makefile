@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_search.py
 	PYTHONPATH=src $(PY) bench/bench_eval.py
 	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_ppm.py
+
+# Every stage on one GPU with locally built models (~8 min); says "no GPU" and exits 2 without one.
+gpu-check: $(STAMP)
+	PYTHONPATH=src $(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache
