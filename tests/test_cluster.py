@@ -393,3 +393,33 @@ def test_launch_sh_needs_the_main_address_for_several_nodes():
     run = subprocess.run(["bash", str(REPO / "scripts/launch.sh"), str(REPO / "accelerate_configs/zero3.yaml"),
                           "mathforge.sft"], capture_output=True, text=True, env=env)  # fmt: skip
     assert run.returncode == 2 and "needs MAIN_ADDR" in run.stderr
+
+
+def test_evolve_launches_search_with_accelerate_and_finds_its_shards(tmp_path):
+    """An `accelerate: {search: ...}` entry makes evolve launch search as N data-parallel copies, and the
+    step counts as done from the copies' shard files (nothing runs here but the plan and the check)."""
+    from evolve_helpers import micro_config, write_config
+
+    from mathforge.evolve import Plan, command, parse_args
+
+    config = REPO / "accelerate_configs/cpu_2proc.yaml"
+    path = write_config(
+        micro_config(tmp_path / "runs", accelerate={"search": str(config)}), tmp_path / "c.yaml"
+    )
+    plan = Plan(parse_args(["--config", str(path)]))
+    step = next(s for s in plan.steps if s.name == "search")
+    cmd = command(step, plan.config)
+    assert cmd[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(config)]
+    assert cmd[5:7] == ["-m", "mathforge.search.mcts"]
+    out = Path(step.recipe["output_file"])
+    assert not step.done()
+    toy = Path(step.recipe["dataset_name"])
+    toy.mkdir(parents=True)
+    rows = [{"problem": f"{i}+1?", "answer": str(i + 1)} for i in range(3)]
+    (toy / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    step.recipe["max_problems"] = 3
+    out.parent.mkdir(parents=True)
+    Path(shard_file(out, 0, 2)).write_text('{"id": "train-0"}\n{"id": "train-2"}\n')
+    assert not step.done()  # rank 1's problem is missing
+    Path(shard_file(out, 1, 2)).write_text('{"id": "train-1"}\n')
+    assert step.done()

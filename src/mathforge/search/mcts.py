@@ -634,6 +634,8 @@ def load_ppm(path: str, device: str | None = None, backend: str = "transformers"
         raise UserError(f"ppm_path is set but the PPM module is not available ({err})") from None
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
+    if backend not in ("transformers", "vllm"):
+        raise UserError(f"unknown ppm_backend '{backend}' (choose from: transformers, vllm)")
     if backend == "vllm":
         from mathforge.ppm import VLLMPPMScorer
 
