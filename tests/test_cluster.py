@@ -423,3 +423,25 @@ def test_evolve_launches_search_with_accelerate_and_finds_its_shards(tmp_path):
     assert not step.done()  # rank 1's problem is missing
     Path(shard_file(out, 1, 2)).write_text('{"id": "train-1"}\n')
     assert step.done()
+
+
+@pytest.mark.slow
+def test_launched_evaluation_shards_by_global_rank_and_merges(tiny_model, problems, tmp_path):
+    """`accelerate launch -m mathforge.evaluate` on 2 processes: each copy its own problems (by global rank),
+    the last to finish merges; the merged samples are the problems a one-process run evaluates, once each."""
+    out = tmp_path / "eval"
+    args = ["--model_name_or_path", str(tiny_model), "--dataset_name", str(problems), "--max_problems", "6",
+            "--backend", "transformers", "--prompt_format", "cot", "--max_new_tokens", "8", "--n", "1",
+            "--output_dir", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "accelerate_configs/cpu_2proc.yaml"), "-m", "mathforge.evaluate", *args]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shard_ids = [
+        [json.loads(line)["id"] for line in (out / "shards" / str(r) / "samples.jsonl").open()]
+        for r in (0, 1)
+    ]
+    assert shard_ids == [["train-0", "train-2", "train-4"], ["train-1", "train-3", "train-5"]]
+    merged = [json.loads(line) for line in (out / "samples.jsonl").open()]
+    assert [s["id"] for s in merged] == [f"train-{i}" for i in range(6)]
+    assert json.loads((out / "results.json").read_text())["problems"] == 6

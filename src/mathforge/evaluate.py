@@ -28,11 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mathforge.cluster import launched_shard
 from mathforge.config import parse_config, to_dict
 from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
-from mathforge.eval.parallel import run_data_parallel
+from mathforge.eval.parallel import run_data_parallel, run_launched_shard
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, answer_of, score_predictions
 from mathforge.generation import DTYPE_HELP
@@ -443,8 +444,14 @@ def evaluate(
     Reuses a given generator, executor and grader (the search and RL stages pass theirs)."""
     started = time.perf_counter()
     data = data or DataArguments(dataset_name=None)
+    shard = launched_shard()
     if config.predictions:
         samples, info = score_predictions(config, data)
+    elif shard.world_size > 1 and generator is None:  # one of N copies under accelerate launch
+        merged = run_launched_shard(config, data, shard, evaluate)
+        if merged is None:
+            return {"shard": shard.rank, "merged_by_another_copy": True}
+        samples, info = merged
     elif config.data_parallel_size > 1 and generator is None:
         samples, info = run_data_parallel(config, data)
     else:
@@ -476,6 +483,9 @@ def main(argv: list[str] | None = None) -> dict | str:
         return compare_main(argv[1:])
     config, data = parse_config([EvalConfig, DataArguments], argv, prog="mathforge eval")
     results = evaluate(config, data)
+    if results.get("merged_by_another_copy"):
+        print(f"copy {results['shard']}: shard written; the last copy to finish merges them")
+        return results
     for r in results["benchmarks"].values():
         extra = f", mean tokens {r['mean_tokens']:.0f}" if "mean_tokens" in r else ""
         print(f"{r['title']}: {r['problems']} problems, n={r['n']}: pass@1 {r['pass@1']:.1f}%{extra}")

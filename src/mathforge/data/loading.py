@@ -41,7 +41,7 @@ class DataArguments:
         default="train",
         metadata={
             "help": "Split to read (Hub, or <split>.jsonl in a folder), optionally sliced as datasets "
-            "does it: train[100:200], train[:10%]. Ids count rows of the whole split either way."
+            "does it: train[100:200], train[-500:]. Ids count rows of the whole split either way."
         },
     )
     problem_column: str | None = field(
