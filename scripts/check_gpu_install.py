@@ -7,7 +7,7 @@ resolved versions with the documented set (docs/cluster.md):
 
 * vllm 0.31.0: the newest in TRL 1.16's supported range (0.22.0 - 0.31.0; outside it TRL warns on import);
 * torch 2.13.0, which vllm 0.31.0 pins; PyPI's Linux wheel is a CUDA 13 build (its ``nvidia-*`` packages
-  are listed), so the machine needs an NVIDIA driver that supports CUDA 13 (R580 or newer);
+  are listed), so the machine needs an NVIDIA driver that supports CUDA 13 (Linux: 580.65.06 or newer);
 * transformers >= 5.16.1 and < 5.18 (ours: >= 5.16.1; vllm 0.31.0: >= 5.10.4, < 5.18);
 * trl 1.16.x.
 
