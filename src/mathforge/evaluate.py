@@ -28,11 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mathforge.cluster import launched_shard
 from mathforge.config import parse_config, to_dict
 from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
-from mathforge.eval.parallel import run_data_parallel
+from mathforge.eval.parallel import run_data_parallel, run_launched_shard
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, extraction_for, extraction_policies, score_predictions
 from mathforge.generation import DTYPE_HELP
@@ -118,6 +119,19 @@ class EvalConfig:
     )
     search: str = field(default="none", metadata={"help": "none, majority, best_of_n, beam or mcts."})
     ppm_path: str | None = field(default=None, metadata={"help": "PPM for best_of_n, beam and mcts."})
+    ppm_device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the transformers PPM runs (cuda, cuda:1, cpu). None: cuda if available, else cpu."
+        },
+    )
+    ppm_backend: str = field(
+        default="transformers",
+        metadata={"help": "PPM scorer: transformers, or vllm (vLLM's pooling runner, a second engine)."},
+    )
+    ppm_gpu_memory_utilization: float = field(
+        default=0.2, metadata={"help": "ppm_backend vllm: the PPM engine's fraction of the GPU."}
+    )
     search_n: int = field(default=8, metadata={"help": "majority/best_of_n: solutions per problem."})
     beams: int = field(default=3, metadata={"help": "beam: B1, beams kept."})
     beam_samples: int = field(default=4, metadata={"help": "beam: B2, steps sampled per beam."})
@@ -334,7 +348,13 @@ def generate_samples(
     if config.search in ("best_of_n", "beam", "mcts"):
         from mathforge.search.mcts import load_ppm
 
-        scorer = load_ppm(config.ppm_path)
+        scorer = load_ppm(
+            config.ppm_path,
+            device=config.ppm_device,
+            backend=config.ppm_backend,
+            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+        )
     own_executor = executor is None and config.prompt_format == "steps"
     if own_executor:
         executor = Executor(
@@ -433,8 +453,14 @@ def evaluate(
     Reuses a given generator, executor and grader (the search and RL stages pass theirs)."""
     started = time.perf_counter()
     data = data or DataArguments(dataset_name=None)
+    shard = launched_shard()
     if config.predictions:
         samples, info = score_predictions(config, data)
+    elif shard.world_size > 1 and generator is None:  # one of N copies under accelerate launch
+        merged = run_launched_shard(config, data, shard, evaluate)
+        if merged is None:
+            return {"shard": shard.rank, "merged_by_another_copy": True}
+        samples, info = merged
     elif config.data_parallel_size > 1 and generator is None:
         samples, info = run_data_parallel(config, data)
     else:
@@ -466,6 +492,9 @@ def main(argv: list[str] | None = None) -> dict | str:
         return compare_main(argv[1:])
     config, data = parse_config([EvalConfig, DataArguments], argv, prog="mathforge eval")
     results = evaluate(config, data)
+    if results.get("merged_by_another_copy"):
+        print(f"copy {results['shard']}: shard written; the last copy to finish merges them")
+        return results
     for r in results["benchmarks"].values():
         extra = f", mean tokens {r['mean_tokens']:.0f}" if "mean_tokens" in r else ""
         print(f"{r['title']}: {r['problems']} problems, n={r['n']}: pass@1 {r['pass@1']:.1f}%{extra}")

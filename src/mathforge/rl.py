@@ -43,6 +43,7 @@ from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
 
+from mathforge.cluster import for_generation, outside_zero_init
 from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
 from mathforge.errors import UserError
 from mathforge.generation import (
@@ -216,7 +217,7 @@ def policy_generator(trainer, batch_size: int):
         was_training = model.training
         model.eval()  # no dropout while sampling
         try:
-            yield _ModelGenerator(model, trainer.processing_class, batch_size)
+            yield _ModelGenerator(for_generation(model, trainer), trainer.processing_class, batch_size)
         finally:
             model.train(was_training)
 
@@ -475,12 +476,13 @@ def train(
     rollout = (
         StepRollout(script_args, tokenizer, training_args.max_completion_length) if steps_format else None
     )
-    rewards = build_rewards(
-        script_args.reward_funcs,
-        reward_args,
-        prompt_text=rollout.prompt_text if rollout else None,
-        device=str(training_args.device),  # this process's device (the PPM runs where the policy trains)
-    )
+    with outside_zero_init():  # a PPM reward is loaded whole on each rank, never partitioned by ZeRO-3
+        rewards = build_rewards(
+            script_args.reward_funcs,
+            reward_args,
+            prompt_text=rollout.prompt_text if rollout else None,
+            device=str(training_args.device),  # this process's device (the PPM runs where the policy trains)
+        )
     for reward in rewards:  # a judge that is down fails now, not after the first rollouts
         judge = getattr(reward, "judge", None)
         if judge is not None:

@@ -367,7 +367,13 @@ def pretrain(
 
 
 def pretrain_text(
-    model, tokenizer, texts: list[str], steps: int, batch_size: int = 16, learning_rate: float = 3e-3, seed: int = 0
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
 ) -> dict:
     """Language modelling on ``texts`` in place, over the whole vocabulary at the cost of the ids they use.
 

@@ -2,7 +2,9 @@
 
 Whatever the source, the result is a `datasets.Dataset` with (at least) the columns
 
-* ``id``: a stable identifier (the source's id column if it has one, else ``"<name>-<row>"``);
+* ``id``: a stable identifier: the source's id column if it has one, else ``"<name>-<row>"`` with
+  ``<row>`` the row's position in the WHOLE split, so that a slice (``train[100:200]``, ``max_problems``)
+  or a data-parallel shard of it names every problem as the full split does;
 * ``problem``: the question text;
 * ``answer``: the gold answer as a short string (a MATH ``\\boxed{}`` or GSM8K ``#### N`` solution is
   reduced to its answer);
@@ -36,7 +38,11 @@ class DataArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_split: str = field(
-        default="train", metadata={"help": "Split to read (Hub, or <split>.jsonl in a folder)."}
+        default="train",
+        metadata={
+            "help": "Split to read (Hub, or <split>.jsonl in a folder), optionally sliced as datasets "
+            "does it: train[100:200], train[-500:]. Ids count rows of the whole split either way."
+        },
     )
     problem_column: str | None = field(
         default=None, metadata={"help": f"Column with the question; default: first of {PROBLEM_COLUMNS}."}
@@ -72,6 +78,26 @@ def _resolve_local(path: Path, split: str) -> Path:
     return path
 
 
+def _split_slice(split: str) -> tuple[str, str | None]:
+    """``"train[10:20]"`` -> ``("train", "train[10:20]")``; a plain split name has no slice."""
+    if "[" not in split:
+        return split, None
+    return split.split("[", 1)[0], split
+
+
+def _slice_rows(spec: str, base: str, num_rows: int) -> list[int]:
+    """Absolute row positions of a datasets slice spec over a split of ``num_rows`` rows."""
+    import datasets
+
+    try:
+        instructions = datasets.ReadInstruction.from_spec(spec).to_absolute({base: num_rows})
+    except (ValueError, AssertionError) as err:
+        raise UserError(
+            f"bad split slice {spec!r} ({err}); write it as train[100:200] or train[:10%]"
+        ) from None
+    return [row for ins in instructions for row in range(ins.from_, ins.to)]
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix in _LOCAL_SUFFIXES or Path(name).exists()
 
@@ -103,6 +129,7 @@ def load_problems(
 
     if not dataset_name:
         raise UserError("no dataset given: set dataset_name to a Hub id or a local .jsonl/.parquet path")
+    split, spec = _split_slice(split)
     if _looks_local(dataset_name):
         path = _resolve_local(Path(dataset_name).expanduser(), split)
         if not path.is_file():
@@ -120,8 +147,12 @@ def load_problems(
                 f"could not load Hub dataset '{dataset_name}' split '{split}': {str(err).splitlines()[0]}"
             ) from None
         stem = dataset_name.rsplit("/", 1)[-1]
+    # ids count rows of the whole split, whatever part of it is read
+    rows = _slice_rows(spec, split, len(ds)) if spec else None
     if max_problems is not None:
-        ds = ds.select(range(min(max_problems, len(ds))))
+        rows = (rows if rows is not None else range(len(ds)))[:max_problems]
+    if rows is not None:
+        ds = ds.select(rows)
 
     source = dataset_name
     problem_col = _pick(ds.column_names, problem_column, PROBLEM_COLUMNS, "problem", source)
@@ -130,7 +161,7 @@ def load_problems(
 
     def standardize(row, index):
         out = {"problem": str(row[problem_col]), "answer": gold_answer(row[answer_col])}
-        out["id"] = str(row["id"]) if has_id else f"{stem}-{index}"
+        out["id"] = str(row["id"]) if has_id else f"{stem}-{rows[index] if rows is not None else index}"
         return out
 
     return ds.map(standardize, with_indices=True, desc=f"reading {stem}")

@@ -4,6 +4,10 @@ Copy i runs ``python -m mathforge.evaluate`` on problems i, i+N, i+2N, ... (inte
 gets a similar mix of easy and hard ones) with ``CUDA_VISIBLE_DEVICES`` set to its own
 ``tensor_parallel_size`` GPUs, and writes ``<output_dir>/shards/<i>/``; the samples are then merged in
 problem order. One copy per node works the same way by hand with ``--num_shards``/``--shard_index``.
+
+Under ``accelerate launch`` (one node or several) each process is one copy instead: it reads its global
+rank and the world size from the launcher (:func:`mathforge.cluster.launched_shard`), takes its own GPUs,
+writes ``<output_dir>/shards/<rank>/``, and the last copy to finish merges (:func:`run_launched_shard`).
 """
 
 from __future__ import annotations
@@ -56,8 +60,41 @@ def run_data_parallel(config, data) -> tuple[list[dict], dict]:
         log.close()
     if failed:
         raise UserError(f"data-parallel shard(s) {failed} failed; see {shards_dir}/<shard>.log")
+    return merge_shards(shards_dir, config.data_parallel_size)
+
+
+def run_launched_shard(config, data, shard, evaluate) -> tuple[list[dict], dict] | None:
+    """This process's share under ``accelerate launch`` (any number of nodes): problems i with
+    i mod world_size == global rank, written to ``<output_dir>/shards/<rank>/`` by ``evaluate``; the copy
+    that finds every shard written (the last to finish) merges them. Returns the merged (samples, info),
+    or None when other copies are still running. ``output_dir`` must be on a file system all nodes share."""
+    from dataclasses import replace
+
+    from mathforge.cluster import start_shard
+
+    if not config.output_dir:
+        raise UserError("a launched evaluation (several processes) needs output_dir (the shards write there)")
+    if config.data_parallel_size > 1:
+        raise UserError("use either accelerate launch or data_parallel_size > 1, not both")
+    start_shard(gpus_per_copy=config.tensor_parallel_size)  # its own GPUs; before anything touches CUDA
+    shards_dir = Path(config.output_dir) / "shards"
+    part = replace(
+        config,
+        num_shards=shard.world_size,
+        shard_index=shard.rank,
+        output_dir=str(shards_dir / str(shard.rank)),
+        progress=config.progress and shard.rank == 0,
+    )
+    evaluate(part, data)
+    if not all((shards_dir / str(i) / "results.json").is_file() for i in range(shard.world_size)):
+        return None
+    return merge_shards(shards_dir, shard.world_size)
+
+
+def merge_shards(shards_dir: Path, count: int) -> tuple[list[dict], dict]:
+    """The samples of shards 0..count-1, in problem order, and {benchmark: (title, seconds)}."""
     samples, info = [], {}
-    for i in range(config.data_parallel_size):
+    for i in range(count):
         samples += read_jsonl(shards_dir / str(i) / "samples.jsonl")
         shard = load_results(shards_dir / str(i))
         for name, r in shard["benchmarks"].items():

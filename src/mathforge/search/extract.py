@@ -38,7 +38,7 @@ from pathlib import Path
 from mathforge import steps
 from mathforge.config import parse_config
 from mathforge.errors import UserError
-from mathforge.search.mcts import WRONG_REASONS, node_text, read_trees
+from mathforge.search.mcts import WRONG_REASONS, node_text, read_trees, tree_files
 
 KINDS = ("sft", "pairs", "values")
 
@@ -47,7 +47,13 @@ KINDS = ("sft", "pairs", "values")
 class ExtractConfig:
     """Which trees to read, the selection rules, and where the datasets go."""
 
-    trees: list[str] = field(default_factory=list, metadata={"help": "Tree JSONL files written by search."})
+    trees: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Tree JSONL files written by search; each also reads the shard files beside it "
+            "(trees.rank*-of-*.jsonl, from a data-parallel search)."
+        },
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Folder for sft/, pairs/, values/, stats.json."}
     )
@@ -257,9 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("no output_dir: set where sft/, pairs/ and values/ go")
     trees = []
     for path in config.trees:
-        if not os.path.isfile(path):
-            raise UserError(f"tree file not found: {path}")
-        trees += read_trees(path)
+        files = tree_files(path)  # the file and the shard files a data-parallel search wrote beside it
+        if not files:
+            raise UserError(f"tree file not found: {path} (nor shard files {Path(path).stem}.rank*-of-*)")
+        for name in files:
+            trees += read_trees(name)
     if not trees:
         raise UserError(f"no trees in {', '.join(config.trees)}")
     model = config.model_name_or_path or trees[0]["config"].get("model_name_or_path")

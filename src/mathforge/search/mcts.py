@@ -42,6 +42,14 @@ N invariant holds), Q stays in [-1, 1], and the PPM's say fades as real rollouts
 **Executor states.** A node holds the executor state after its step until it is expanded (its
 children then hold their own) or becomes terminal; everything left is released when the tree is done.
 
+**Data parallel.** ``accelerate launch --num_processes N -m mathforge.search ...`` (any number of nodes)
+runs N copies; copy r (global rank) searches the problems at positions r, r+N, r+2N, ... of the whole
+problem list (ids deduplicated), with its own GPUs (``tensor_parallel_size`` each), vLLM engine, PPM and
+executor, and writes its own file ``<output_file stem>.rank{r}-of-{N}.jsonl`` next to ``output_file``.
+Every copy skips the problems already in ``output_file`` or in any shard file beside it (whatever N
+wrote them), so each resumes on its own and a re-run with another N never searches a problem twice.
+:func:`tree_files` / :func:`read_tree_set` read a run back (``mathforge extract`` does).
+
 **Output**: one JSON line per finished tree, appended with flush + fsync; a restarted run skips the
 ids already in the file and drops a torn last line. Schema::
 
@@ -58,6 +66,7 @@ Node ids are list positions, and a parent always comes before its children.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -68,6 +77,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from mathforge import steps
+from mathforge.cluster import Shard, start_shard
 from mathforge.config import parse_config
 from mathforge.data.loading import DataArguments, load_from_args
 from mathforge.errors import UserError
@@ -126,8 +136,39 @@ class SearchConfig:
         default=None,
         metadata={
             "help": "Code steps run at once. None: 4 per CPU (a step mostly waits on forks and sockets, "
-            "so more in flight than cores keeps the cores busy)."
+            "so more in flight than cores keeps the cores busy), shared by the copies on one node."
         },
+    )
+    gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={
+            "help": "vLLM: fraction of the GPU for weights and KV cache. None: 0.9, or 0.6 when the PPM "
+            "runs on the same GPU with transformers (it needs room for its weights and activations)."
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "vLLM: GPUs per engine (each data-parallel copy takes this many)."}
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "vLLM: longest prompt + chunk in tokens. None: the model's."}
+    )
+    ppm_device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the transformers PPM runs: cuda, cuda:1, cpu, ... None: this copy's first GPU "
+            "(with the policy), else cpu. With tensor_parallel_size 1 and spare GPUs, cuda:1 gives it a GPU "
+            "of its own (set CUDA_VISIBLE_DEVICES or tensor_parallel_size accordingly)."
+        },
+    )
+    ppm_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "PPM scorer: transformers (AutoModelForSequenceClassification), or vllm (vLLM's pooling "
+            "runner: batched prefill, no padding; a second engine with its own gpu memory share)."
+        },
+    )
+    ppm_gpu_memory_utilization: float = field(
+        default=0.2, metadata={"help": "ppm_backend vllm: the PPM engine's fraction of the GPU."}
     )
 
     def __post_init__(self):
@@ -138,6 +179,12 @@ class SearchConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.c is not None and self.c < 0:
             raise ValueError("c must be >= 0")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be at least 1")
+        if self.ppm_backend not in ("transformers", "vllm"):
+            raise ValueError(f"ppm_backend must be transformers or vllm, not {self.ppm_backend!r}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
 
     @property
     def exploration(self) -> float:
@@ -575,6 +622,35 @@ def read_trees(path: str | os.PathLike) -> list[dict]:
     return trees
 
 
+def shard_file(output_file: str | os.PathLike, rank: int, world_size: int) -> str:
+    """The tree file of data-parallel copy ``rank`` of ``world_size``: ``trees.jsonl`` ->
+    ``trees.rank0-of-8.jsonl``; ``output_file`` itself for a one-process run."""
+    path = os.fspath(output_file)
+    if world_size == 1:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.rank{rank}-of-{world_size}{ext or '.jsonl'}"
+
+
+def tree_files(output_file: str | os.PathLike) -> list[str]:
+    """The files of a search run: ``output_file`` (if it exists) and every shard file beside it."""
+    path = os.fspath(output_file)
+    stem, ext = os.path.splitext(path)
+    shards = sorted(glob.glob(f"{glob.escape(stem)}.rank*-of-*{glob.escape(ext or '.jsonl')}"))
+    return ([path] if os.path.isfile(path) else []) + shards
+
+
+def read_tree_set(output_file: str | os.PathLike) -> list[dict]:
+    """The trees of a search run, over all its files (see :func:`tree_files`), one per id."""
+    seen, trees = set(), []
+    for path in tree_files(output_file):
+        for tree in read_trees(path):
+            if str(tree["id"]) not in seen:
+                seen.add(str(tree["id"]))
+                trees.append(tree)
+    return trees
+
+
 class TreeWriter:
     """Appends finished trees to a JSONL file, durably; knows which ids it already holds."""
 
@@ -608,14 +684,36 @@ class TreeWriter:
 # --- the `mathforge search` command ----------------------------------------------------------------------
 
 
-def load_ppm(path: str) -> Scorer:
+def load_ppm(path: str, device: str | None = None, backend: str = "transformers", **vllm_kwargs) -> Scorer:
+    """The PPM as a scorer: transformers on ``device`` (None: cuda when available, else cpu), or a vLLM
+    pooling engine (``backend="vllm"``, ``vllm_kwargs`` for :class:`mathforge.ppm.VLLMPPMScorer`)."""
     try:
         from mathforge.ppm import load_scorer
     except ImportError as err:
         raise UserError(f"ppm_path is set but the PPM module is not available ({err})") from None
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
-    return load_scorer(path)
+    if backend not in ("transformers", "vllm"):
+        raise UserError(f"unknown ppm_backend '{backend}' (choose from: transformers, vllm)")
+    if backend == "vllm":
+        from mathforge.ppm import VLLMPPMScorer
+
+        return VLLMPPMScorer(path, **vllm_kwargs)
+    return load_scorer(path, device=device)
+
+
+def _vllm_memory(config: SearchConfig) -> float | None:
+    """vLLM's GPU share: the configured one, or room left for a transformers PPM on the same GPU."""
+    import torch
+
+    if config.gpu_memory_utilization is not None or config.backend != "vllm" or not torch.cuda.is_available():
+        return config.gpu_memory_utilization
+    if config.ppm_path and config.ppm_backend == "transformers":
+        if config.ppm_device in (None, "cuda", "cuda:0"):
+            return 0.6
+    if config.ppm_path and config.ppm_backend == "vllm":
+        return round(0.9 - config.ppm_gpu_memory_utilization, 3)
+    return None
 
 
 def search(
@@ -626,9 +724,11 @@ def search(
     scorer=None,
     grader=None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> dict:
-    """Search every problem not yet in ``config.output_file``; returns the run's summary. A generator,
-    executor, scorer or grader passed in is used (and not closed) instead of building one."""
+    """Search every problem of this copy (``shard``; None: the only copy) not yet in the run's tree files;
+    returns the run's summary. A generator, executor, scorer or grader passed in is used (and not
+    closed) instead of building one."""
     from tqdm.auto import tqdm
 
     from mathforge.executor import Executor, ExecutorConfig
@@ -639,26 +739,42 @@ def search(
         raise UserError("no output file: set output_file (the tree JSONL, appended and resumable)")
     if generator is None and not config.model_name_or_path:
         raise UserError("no model: set model_name_or_path")
+    shard = shard or Shard()
     problems = load_from_args(data)
-    writer = TreeWriter(config.output_file)
-    todo, seen = [], set(writer.done)
+    done = {str(t["id"]) for path in tree_files(config.output_file) for t in read_trees(path)}
+    writer = TreeWriter(shard_file(config.output_file, shard.rank, shard.world_size))
+    # positions in the whole (deduplicated) problem list pick each copy's problems, the same in every copy
+    unique = {}
     for row in problems:
-        if str(row["id"]) not in seen:
-            seen.add(str(row["id"]))
-            todo.append(row)
-    skipped = len(problems) - len(todo)
+        unique.setdefault(str(row["id"]), row)
+    mine = [row for position, row in enumerate(unique.values()) if shard.owns(position)]
+    todo = [row for row in mine if str(row["id"]) not in done]
+    skipped = len(mine) - len(todo)
     if generator is None:
         import torch
 
         torch.manual_seed(config.seed)
-        extra = {"seed": config.seed} if config.backend == "vllm" else {}
+        extra = {}
+        if config.backend == "vllm":
+            extra = dict(
+                seed=config.seed,
+                gpu_memory_utilization=_vllm_memory(config),
+                tensor_parallel_size=config.tensor_parallel_size,
+                max_model_len=config.max_model_len,
+            )
         generator = load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **extra)
     if scorer is None and config.ppm_path:
-        scorer = load_ppm(config.ppm_path)
+        scorer = load_ppm(
+            config.ppm_path,
+            device=config.ppm_device,
+            backend=config.ppm_backend,
+            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+        )
     own_executor = executor is None
     if own_executor:
         live = min(1024, max(64, config.batch_problems * config.num_candidates))
-        workers = config.exec_workers or 4 * (os.cpu_count() or 1)
+        workers = config.exec_workers or max(4, 4 * (os.cpu_count() or 1) // shard.local_world_size)
         executor = Executor(
             ExecutorConfig(
                 timeout_s=config.exec_timeout_s,
@@ -669,7 +785,8 @@ def search(
         )
     own_grader = grader is None
     grader = grader or Grader()
-    bar = tqdm(total=len(todo), desc="search", unit="problem", disable=not progress)
+    desc = "search" if shard.world_size == 1 else f"search {shard.label}"
+    bar = tqdm(total=len(todo), desc=desc, unit="problem", disable=not progress)
     counts = {"done": 0, "solved": 0, "nodes": 0}
     start = time.perf_counter()
 
@@ -714,14 +831,15 @@ def search(
         "calls_per_search_step": round(stats.generator_calls / max(1, stats.search_steps), 3),
         "tokens": stats.tokens,
         "seconds": round(stats.seconds, 2),
-        "output_file": config.output_file,
+        "output_file": writer.path,
     }
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     config, data = parse_config([SearchConfig, DataArguments], argv, prog="mathforge search")
-    s = search(config, data)
+    shard = start_shard(gpus_per_copy=config.tensor_parallel_size)  # before anything touches CUDA
+    s = search(config, data, shard=shard)
     print(
         f"searched {s['problems']} problems ({s['skipped_already_done']} already in the file): coverage "
         f"{s['coverage']:.1f}%, {s['nodes']} nodes, {s['generator_calls']} generator calls "
