@@ -577,3 +577,22 @@ def test_live_line_reads_the_steps_own_progress_bar(tmp_path):
     assert lines and all(
         line.startswith("[evolve] 3/9 round 1, step search | search 120/640 | 0:00") for line in lines
     )
+
+
+def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(monkeypatch):
+    from mathforge.precision import this_cpu
+
+    monkeypatch.chdir(REPO)
+    plan = Plan(parse_args(["--config", "recipes/tiny/evolve.yaml"]))
+    plan.validate()
+    steps = {s.label: s.recipe for s in plan.steps}
+    assert plan.config.toy_data["n_test"] >= 600 and plan.config.eval_problems == 600
+    assert all(steps[f"round {k}, step eval_greedy"]["max_problems"] == 600 for k in (0, 1, 2))
+    assert [steps[f"round {k}, step search"]["max_problems"] for k in (1, 2)] == [640, 640]
+    assert "round 1, step search_unsolved" not in steps
+    assert (
+        steps["round 2, step search_unsolved"]["num_rollouts"]
+        == 4 * steps["round 2, step search"]["num_rollouts"]
+    )
+    assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM
+    assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16

@@ -14,7 +14,11 @@ file merged with the run's overrides, written as ``step_recipe.yaml`` into the s
 with ``accelerate launch --config_file X -m mathforge.<stage>``; the stages listed in ``subprocess`` run
 in their own Python process (``[all]`` on GPUs, where a vLLM engine keeps its memory until its process
 ends); the others run in this process. ``threads`` sets ``OMP_NUM_THREADS`` of a stage's own process.
-Each step's output goes to ``step.log`` in its folder.
+``precision`` sets the trainers' ``bf16`` and the search/eval ``dtype`` from what the CPU computes fast
+(:mod:`mathforge.precision`). A round with ``unsolved_rollouts_factor`` searches again, with that many
+times its rollouts, the problems no search has solved yet (rStar-Math's last-round rule). Each step's
+output goes to ``step.log`` in its folder; the console shows a live line of the running step's progress
+(:mod:`mathforge.evolve_progress`).
 
 **Resuming.** A step is finished when its real outputs exist (a trainer's ``model.safetensors`` and
 recipe, trees for every problem, extraction's ``stats.json``, an evaluation's ``results.json``), not
@@ -22,8 +26,9 @@ because a flag says so; a re-run skips finished steps and re-runs the others, wh
 (trainers from their last checkpoint, search from the trees already written).
 
 **Report.** ``runs/<name>/report.md`` (+ ``report.json``, ``rounds.png``, ``rl.png``) is rebuilt from
-the step outputs after every run: one row per round, then RL before/after, then which of the
-expected improvements did and did not happen.
+the step outputs after every run: one row per round, the paired comparisons (± one standard error,
+better / within noise / worse), RL before/after against its goal, and which of the recipe's claims hold
+(:mod:`mathforge.evolve_report`).
 
 **Errors.** A bad config (no model, unknown stage or key, missing recipe) or a round that produced no
 data stops the run with one line naming the round and the step; finished steps stay finished.

@@ -526,9 +526,13 @@ def write_report(run_dir: Path, plan) -> dict:
     if data["rl"] is not None:
         plot_rl(data["rl"], run_dir / "rl.png")
     text = table(data["rounds"])
+    if unsolved_lines(data["rounds"]):
+        text += "\n\n" + "\n".join(unsolved_lines(data["rounds"]))
     if data["comparisons"]:
         text += "\n\n" + comparison_table(data["comparisons"])
     if data["rl"] is not None:
         text += "\n\n" + rl_table(data["rl"])
     text += "\n\n" + "\n".join(findings(data))
+    if data.get("precision"):
+        text += f"\n\nPrecision: {data['precision']['chosen']}."
     return {**data, "table": text}
