@@ -790,8 +790,6 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool
     if live is None:
         live = echo is print and not config.log_to_console
     console = _console_fd() if live else None
-    if plan.precision is not None:
-        echo(f"[evolve] precision: {plan.precision.describe()}")
     started = time.perf_counter()
     try:
         _run_steps(plan, config, echo, console)
@@ -808,7 +806,7 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool
 def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], console: int | None) -> None:
     from mathforge.evolve_progress import LiveLine
 
-    total = len(plan.steps)
+    total, announced = len(plan.steps), False
     for index, step in enumerate(plan.steps, start=1):
         if step.prepare is not None:
             step.prepare()
@@ -822,6 +820,9 @@ def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], co
                     "it) to run it again."
                 )
         else:
+            if not announced and plan.precision is not None:
+                echo(f"[evolve] precision: {plan.precision.describe()}")
+            announced = True
             name = CLI_NAMES.get(step.stage, step.stage)
             echo(f"[evolve] {step.label}: running `mathforge {name}` (log: {step.out / 'step.log'})")
             t0 = time.perf_counter()

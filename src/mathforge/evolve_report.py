@@ -460,7 +460,6 @@ def plot_rounds(rows: list[dict], comparisons: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     # the paired differences: what the verdicts are made of
     shown = [c for c in comparisons if "vs round 0" in c["what"] or "vs greedy" in c["what"]]
-    shown += [c for c in comparisons if c["what"].startswith("round 1 vs round 0")]
     if shown:
         ys = range(len(shown))
         colors = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:gray"}
