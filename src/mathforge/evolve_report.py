@@ -378,9 +378,10 @@ def unsolved_lines(rows: list[dict]) -> list[str]:
         u = row.get("unsolved_pass")
         if u is None:
             continue
+        rounds = "round 1" if row["round"] == 1 else f"rounds 1–{row['round']}"
         out.append(
-            f"- round {row['round']}: {u['never_solved']} of its {u['round_problems']} problems were never "
-            f"solved by the searches of rounds 1–{row['round']}; searched again with {u['num_rollouts']} "
+            f"- round {row['round']}: {u['never_solved']} of its {u['round_problems']} problems never solved by "
+            f"the searches of {rounds}; searched again with {u['num_rollouts']} "
             f"rollouts ({u['factor']:g}× the round's): {u['solved']} of {u['searched']} solved; round "
             f"{row['round']} coverage {_fmt(u['coverage_before'])}% → {_fmt(u['coverage_after'])}%"
         )
