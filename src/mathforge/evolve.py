@@ -195,8 +195,8 @@ class EvolveConfig:
         default="auto",
         metadata={
             "help": "What the stages compute in on a CPU: auto (bf16 where the CPU has bf16 instructions, "
-            "see mathforge.precision: trainers' bf16 autocast and vLLM's dtype with AMX or avx512_bf16, a "
-            "transformers generator's with AMX; float32 elsewhere), bf16, float32, or recipe (the stage recipes' own bf16/dtype; "
+            "see mathforge.precision: vLLM's dtype with AMX or avx512_bf16, trainers' bf16 autocast and a "
+            "transformers generator's with AMX only; float32 elsewhere), bf16, float32, or recipe (the stage recipes' own bf16/dtype; "
             "what auto does on a machine with a GPU). Sets trainers' bf16 and search/eval's dtype unless "
             "overrides set them."
         },

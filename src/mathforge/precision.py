@@ -1,9 +1,11 @@
 """Which precision a CPU computes fastest in: bf16 only where the CPU has bf16 instructions.
 
 On a CPU without them (AVX2 only) PyTorch and vLLM emulate bf16 with conversions and it is far slower
-than float32 (a training step of the demo's policy 13x, vLLM generation 2.7x); with ``avx512_bf16`` or
-AMX (``amx_bf16``) bf16 is the faster choice (figures: ``bench/bench_precision.py`` and
-docs/experiments.md). :func:`choose` reads the flags once and answers for training and generation, so
+than float32 (a training step of the demo's policy 13x, vLLM generation 2.7x). With ``avx512_bf16`` or
+AMX (``amx_bf16``) vLLM runs faster in bf16; trainers use bf16 autocast only with AMX: with
+``avx512_bf16`` alone a raw step was 0.74x the CPU time but a TRL step showed no wall-clock gain, and
+the one demo bootstrap trained under it scored 34% greedy against ~46% in float32 (figures:
+``bench/bench_precision.py`` and docs/experiments.md). :func:`choose` reads the flags once and answers for training and generation, so
 that `mathforge evolve` (``precision: auto``) and the tests compute in what the machine runs fast.
 On a GPU nothing here applies: its recipes set ``bf16``/``dtype`` themselves.
 """
@@ -23,7 +25,7 @@ class Precision:
 
     Fields:
         bf16_flag: the best native bf16 flag of the CPU (``amx_bf16``, ``avx512_bf16``) or None.
-        train_bf16: whether trainers (TRL's ``bf16``) run under bf16 autocast; True with either flag.
+        train_bf16: whether trainers (TRL's ``bf16``) run under bf16 autocast; True only with AMX.
         vllm_dtype: dtype of a vLLM engine on this CPU: ``bfloat16`` with either flag, else ``float32``.
         torch_dtype: dtype of a transformers generator on this CPU: ``bfloat16`` with AMX, else
             ``float32`` (whole-model bf16 weights, unlike autocast, were not measured faster without AMX).
@@ -60,7 +62,7 @@ def choose(flags: set[str] | None = None) -> Precision:
     amx = flag == "amx_bf16"
     return Precision(
         bf16_flag=flag,
-        train_bf16=flag is not None,
+        train_bf16=amx,
         vllm_dtype="bfloat16" if flag else "float32",
         torch_dtype="bfloat16" if amx else "float32",
     )
