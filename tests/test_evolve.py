@@ -6,6 +6,7 @@ step counts; see evolve_helpers.py. Nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -171,8 +172,28 @@ def test_micro_run_outputs_and_report(run_root):
     # the PPM holds out half of the problems that have pairs; with a handful of them that half can be empty
     assert r1["ppm_accuracy"] is None or 0 <= r1["ppm_accuracy"] <= 100
     md = (run / "report.md").read_text()
-    assert "## Rounds" in md and "## Did the recipe work?" in md and "search (best_of_n) above greedy" in md
+    assert "## Rounds" in md and "## Paired comparisons" in md and "## Did the recipe work?" in md
+    assert "PPM-guided search (best_of_n) above greedy in round 1" in md
     assert (run / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    # every comparison is `mathforge eval compare`'s paired computation on the two evaluations' samples
+    from mathforge.eval.report import load_samples, paired
+
+    comparisons = {c["what"]: c for c in report["comparisons"]}
+    assert set(comparisons) == {"round 1: best_of_n with the PPM vs greedy", "round 1 vs round 0, greedy"}
+    c = comparisons["round 1 vs round 0, greedy"]
+    [direct] = paired(
+        load_samples(run / "round_0/eval_greedy"), load_samples(run / "round_1/eval_greedy")
+    ).values()
+    assert (c["problems"], c["delta"], c["se"]) == (4, direct["delta"], direct["se"])
+    assert c["verdict"] == (
+        "better" if c["delta"] > 2 * c["se"] else "worse" if c["delta"] < -2 * c["se"] else "within noise"
+    )
+    assert f"| {c['delta']:+.1f} ± {c['se']:.1f} |" in md
+    # the precision the stages ran in is this CPU's choice, recorded in the report and in the step recipes
+    from mathforge.precision import this_cpu
+
+    assert report["precision"] == {"setting": "auto", "chosen": this_cpu().describe()}
+    assert yaml_bf16(run / "round_1/ppm") is this_cpu().train_bf16
     for step in ("search", "extract", "sft", "ppm", "eval_greedy", "eval_search"):
         folder = run / "round_1" / step
         assert (folder / "step_recipe.yaml").is_file() and (folder / "step_command.sh").is_file(), step
@@ -205,6 +226,12 @@ def test_rerun_of_a_finished_run_skips_every_step(run_root, capsys):
         assert f"WARNING: {label} was finished with a different recipe (changed: learning_rate)" in out
     assert out.count("WARNING") == 2
     assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == before
+
+
+def yaml_bf16(step: Path) -> bool:
+    import yaml
+
+    return yaml.safe_load((step / "recipe.yaml").read_text())["bf16"]
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:
@@ -355,3 +382,217 @@ def test_gpu_recipes_plan_with_the_papers_round_settings(model, monkeypatch):
     rl = plan.steps[-2]
     assert rl.label == "stage 2, step train" and rl.recipe["system_prompt"] == SYSTEM_PROMPT
     assert rl.recipe["model_name_or_path"].endswith("round_4/sft") and "rl" in plan.config.accelerate
+
+
+# --- precision, the last-round rule, the report's statistics, the live line -------------------------------
+
+
+def test_precision_auto_sets_trainers_bf16_and_generators_dtype_unless_overridden(tmp_path):
+    from mathforge.precision import this_cpu
+
+    chosen = this_cpu()
+    rl = str(REPO / "recipes/tiny/rl/config_toy.yaml")
+    bootstrap = {"max_steps": 5, "bf16": not chosen.train_bf16}  # explicit: kept
+    steps = {s.label: s.recipe for s in plan_of(tmp_path, rl_recipe=rl, bootstrap=bootstrap).steps}
+    assert steps["round 0, step sft"]["bf16"] is (not chosen.train_bf16)
+    for label in ("round 1, step sft", "round 1, step ppm", "stage 2, step train"):
+        assert steps[label]["bf16"] is chosen.train_bf16, label
+    assert (
+        steps["round 1, step search"]["dtype"] == chosen.torch_dtype
+    )  # the micro run's transformers backend
+    vllm = micro_config(tmp_path)["overrides"]
+    vllm["eval"]["backend"] = "vllm"
+    steps = {s.label: s.recipe for s in plan_of(tmp_path, overrides=vllm).steps}
+    assert steps["round 1, step eval_greedy"]["dtype"] == chosen.vllm_dtype
+    # forced, and left to the stage recipes
+    steps = {s.label: s.recipe for s in plan_of(tmp_path, precision="float32").steps}
+    assert steps["round 1, step ppm"]["bf16"] is False and steps["round 1, step search"]["dtype"] == "float32"
+    steps = {s.label: s.recipe for s in plan_of(tmp_path, precision="recipe").steps}
+    assert "dtype" not in steps["round 1, step search"]  # the search recipe sets none
+    with pytest.raises(UserError, match="precision must be one of auto, bf16, float32, recipe"):
+        plan_of(tmp_path, precision="fp16")
+
+
+def test_plan_of_the_last_round_rule(tmp_path):
+    rounds = [{"num_rollouts": 4}, {"num_rollouts": 8, "unsolved_rollouts_factor": 4}]
+    plan = plan_of(tmp_path, rounds=rounds)
+    labels = [s.label for s in plan.steps]
+    assert "round 1, step search_unsolved" not in labels
+    i = labels.index("round 2, step search")
+    assert labels[i + 1 : i + 3] == ["round 2, step search_unsolved", "round 2, step extract"]
+    steps = {s.label: s for s in plan.steps}
+    extra = steps["round 2, step search_unsolved"]
+    run = tmp_path / "runs" / "micro"
+    assert extra.recipe["num_rollouts"] == 32 and extra.recipe["max_problems"] is None
+    assert extra.recipe["dataset_name"] == str(run / "round_2/search_unsolved/problems")
+    assert extra.recipe["model_name_or_path"] == steps["round 2, step search"].recipe["model_name_or_path"]
+    assert steps["round 2, step extract"].recipe["trees"] == [
+        str(run / "round_2/search/trees.jsonl"),
+        str(run / "round_2/search_unsolved/trees.jsonl"),  # later: a problem's new tree replaces its first
+    ]
+    plan.validate()
+    with pytest.raises(UserError, match="round 2: unsolved_rollouts_factor must be a number >= 1"):
+        plan_of(tmp_path, rounds=[{}, {"unsolved_rollouts_factor": 0}])
+
+
+@pytest.mark.slow
+def test_last_round_rule_searches_the_never_solved_problems_again(run_root, tmp_path):
+    """Round 1 of the finished micro run again, now with 4x the rollouts for the problems its search left
+    unsolved: only those are searched again, extraction takes their new trees, the report shows coverage
+    before and after."""
+    from mathforge.search.mcts import read_trees
+
+    reference = finished_run(run_root)
+    config = micro_config(tmp_path / "runs", name="unsolved")
+    config["rounds"][0]["unsolved_rollouts_factor"] = 4
+    path = write_config(config, tmp_path / "unsolved.yaml")
+    run = tmp_path / "runs" / "unsolved"
+    shutil.copytree(reference / "round_0", run / "round_0")
+    shutil.copytree(reference / "round_1" / "search", run / "round_1" / "search")
+    first = read_trees(run / "round_1/search/trees.jsonl")
+    never = {str(t["id"]) for t in first if not t["solved"]}
+    report = evolve(parse_args(["--config", str(path)]), echo=lambda _: None)
+    extra = run / "round_1" / "search_unsolved"
+    meta = json.loads((extra / "unsolved.json").read_text())
+    assert meta == {"round_problems": 8, "never_solved": len(never), "factor": 4, "num_rollouts": 64}
+    again = read_trees(extra / "trees.jsonl")
+    assert {str(t["id"]) for t in again} == never  # only the never-solved problems, each once
+    assert all(t["num_rollouts"] == 64 for t in again) if again else True
+    stats = json.loads((run / "round_1/extract/stats.json").read_text())
+    solved_now = sum(t["solved"] for t in again)
+    assert stats["problems"] == 8 and stats["solved"] == 8 - len(never) + solved_now
+    u = report["rounds"][1]["unsolved_pass"]
+    assert u["coverage_before"] == 100.0 * (8 - len(never)) / 8
+    assert u["coverage_after"] == stats["coverage"] and u["solved"] == solved_now
+    assert "## Extra search of never-solved problems" in (run / "report.md").read_text()
+
+
+def _samples(folder: Path, correct: list[bool], tokens: list[int] | None = None) -> Path:
+    """An evaluation's samples.jsonl as `mathforge eval` writes it (one greedy sample per problem)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"benchmark": "toy", "id": str(i), "correct": c, "tokens": (tokens or [100] * len(correct))[i]}
+        for i, c in enumerate(correct)
+    ]
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_verdict_is_two_standard_errors_either_way():
+    from mathforge.evolve_report import verdict
+
+    assert verdict(2.5, 1.2) == "better" and verdict(-2.5, 1.2) == "worse"
+    assert verdict(2.4, 1.2) == "within noise" and verdict(-1.0, 1.2) == "within noise"
+    assert verdict(0.0, 0.0) == "within noise"
+
+
+def test_paired_accuracy_and_tokens_on_the_same_problems(tmp_path):
+    from mathforge.eval.report import load_samples, paired
+    from mathforge.evolve_report import paired_accuracy, paired_tokens
+
+    # 100 problems: B solves 20 that A missed and misses 4 that A solved (+16 points)
+    a = [i < 50 for i in range(100)]
+    b = [(i < 46) or (50 <= i < 70) for i in range(100)]
+    before, after = (
+        _samples(tmp_path / "a", a, [200] * 100),
+        _samples(tmp_path / "b", b, [140] * 50 + [160] * 50),
+    )
+    result = paired_accuracy(before, after)
+    direct = paired(load_samples(before), load_samples(after))["toy"]
+    assert (result["delta"], result["se"], result["better"], result["worse"]) == (
+        direct["delta"], direct["se"], 20, 4,
+    )  # fmt: skip
+    assert result["delta"] == pytest.approx(16.0) and result["verdict"] == "better"
+    assert paired_accuracy(after, before)["verdict"] == "worse"
+    noisy = _samples(tmp_path / "c", [(i < 48) or (50 <= i < 53) for i in range(100)])  # -2 +3 problems
+    assert paired_accuracy(before, noisy)["verdict"] == "within noise"
+    tokens = paired_tokens(before, after)
+    assert tokens["change_percent"] == pytest.approx(-25.0) and tokens["se_percent"] == pytest.approx(
+        100 * (10 * (100 / 99) ** 0.5 / 10) / 200, rel=1e-6
+    )
+    assert paired_accuracy(before, tmp_path / "missing") is None
+
+
+def test_claims_use_the_verdicts_and_the_rl_goal():
+    from mathforge.evolve_report import claims, rl_goal
+
+    def row(k, ppm):
+        return {"round": k, "ppm_accuracy": ppm, "ppm_accuracy_se": 1.0, "ppm_eval_pairs": 400,
+                "search_mode": "best_of_n"}  # fmt: skip
+
+    def comparison(what, delta, se, verdict):
+        return {"what": what, "delta": delta, "se": se, "verdict": verdict}
+
+    rows = [row(0, None), row(1, 80.0), row(2, 74.0)]
+    comparisons = [
+        comparison("round 2 vs round 0, greedy", 3.3, 1.2, "better"),
+        comparison("round 2: best_of_n with the PPM vs greedy", 1.5, 1.0, "within noise"),
+    ]
+    rl = {"tokens": {"change_percent": -31.0, "se_percent": 1.5},
+          "accuracy": {"delta": -1.0, "se": 1.3, "verdict": "within noise"}}  # fmt: skip
+    out = {c["claim"]: c for c in claims(rows, comparisons, rl)}
+    assert out["round 2 above round 0 in greedy accuracy"]["holds"] is True
+    assert out["PPM-guided search (best_of_n) above greedy in round 2"]["holds"] is False
+    assert out["PPM held-out pairwise accuracy at least 75% in every round"]["holds"] is False  # round 2: 74
+    assert out["RL: at least 30% fewer tokens, accuracy not worse beyond noise"]["holds"] is True
+    assert rl_goal({**rl, "accuracy": {**rl["accuracy"], "verdict": "worse"}})["met"] is False
+    assert rl_goal({**rl, "tokens": {"change_percent": -29.9, "se_percent": 1.0}})["met"] is False
+
+
+def test_live_line_reads_the_steps_own_progress_bar(tmp_path):
+    """A real tqdm bar written into a step log is read back (count, total, tqdm's estimate of what is left);
+    the live line is written to the console descriptor while the step runs."""
+    from tqdm import tqdm
+
+    from mathforge.evolve_progress import LiveLine, read_progress, status_line
+
+    log = tmp_path / "step.log"
+    with open(log, "w") as f:
+        f.write("=== header\nsome warning: 1/2 of something\n")
+        bar = tqdm(total=640, desc="search", unit="problem", file=f, mininterval=0)
+        bar.update(120)
+        f.flush()
+        progress = read_progress(log)
+        assert (progress["desc"], progress["n"], progress["total"]) == ("search", 120, 640)
+        assert progress["left"] is not None
+        bar.close()
+    (tmp_path / "pretrain.log").write_text("pretrain step 300/1200: copy loss 0.410\n")
+    count = read_progress(tmp_path / "pretrain.log")
+    assert (count["n"], count["total"], count["left"]) == (300, 1200, None)
+    assert status_line("[evolve] 1/9 round 0, step base_model", 60.0, count) == (
+        "[evolve] 1/9 round 0, step base_model | pretrain 300/1200 | 1:00 elapsed, ~3:00 left"
+    )
+    assert status_line("x", 90.0, count, counted_at=60.0).endswith("| 1:30 elapsed, ~2:30 left")
+    assert read_progress(tmp_path / "none.log") is None
+    read_fd, write_fd = os.pipe()  # not a terminal: one full line per update
+    try:
+        with LiveLine(write_fd, "[evolve] 3/9 round 1, step search", log, every=0.05):
+            time.sleep(0.5)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            lines = pipe.read().splitlines()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_fd)
+    assert lines and all(
+        line.startswith("[evolve] 3/9 round 1, step search | search 120/640 | 0:00") for line in lines
+    )
+
+
+def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(monkeypatch):
+    from mathforge.precision import this_cpu
+
+    monkeypatch.chdir(REPO)
+    plan = Plan(parse_args(["--config", "recipes/tiny/evolve.yaml"]))
+    plan.validate()
+    steps = {s.label: s.recipe for s in plan.steps}
+    assert plan.config.toy_data["n_test"] >= 600 and plan.config.eval_problems == 600
+    assert all(steps[f"round {k}, step eval_greedy"]["max_problems"] == 600 for k in (0, 1, 2))
+    assert [steps[f"round {k}, step search"]["max_problems"] for k in (1, 2)] == [640, 640]
+    assert "round 1, step search_unsolved" not in steps
+    assert (
+        steps["round 2, step search_unsolved"]["num_rollouts"]
+        == 4 * steps["round 2, step search"]["num_rollouts"]
+    )
+    assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM
+    assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16

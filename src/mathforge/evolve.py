@@ -14,7 +14,11 @@ file merged with the run's overrides, written as ``step_recipe.yaml`` into the s
 with ``accelerate launch --config_file X -m mathforge.<stage>``; the stages listed in ``subprocess`` run
 in their own Python process (``[all]`` on GPUs, where a vLLM engine keeps its memory until its process
 ends); the others run in this process. ``threads`` sets ``OMP_NUM_THREADS`` of a stage's own process.
-Each step's output goes to ``step.log`` in its folder.
+``precision`` sets the trainers' ``bf16`` and the search/eval ``dtype`` from what the CPU computes fast
+(:mod:`mathforge.precision`). A round with ``unsolved_rollouts_factor`` searches again, with that many
+times its rollouts, the problems no search has solved yet (rStar-Math's last-round rule). Each step's
+output goes to ``step.log`` in its folder; the console shows a live line of the running step's progress
+(:mod:`mathforge.evolve_progress`).
 
 **Resuming.** A step is finished when its real outputs exist (a trainer's ``model.safetensors`` and
 recipe, trees for every problem, extraction's ``stats.json``, an evaluation's ``results.json``), not
@@ -22,8 +26,9 @@ because a flag says so; a re-run skips finished steps and re-runs the others, wh
 (trainers from their last checkpoint, search from the trees already written).
 
 **Report.** ``runs/<name>/report.md`` (+ ``report.json``, ``rounds.png``, ``rl.png``) is rebuilt from
-the step outputs after every run: one row per round, then RL before/after, then which of the
-expected improvements did and did not happen.
+the step outputs after every run: one row per round, the paired comparisons (± one standard error,
+better / within noise / worse), RL before/after against its goal, and which of the recipe's claims hold
+(:mod:`mathforge.evolve_report`).
 
 **Errors.** A bad config (no model, unknown stage or key, missing recipe) or a round that produced no
 data stops the run with one line naming the round and the step; finished steps stay finished.
@@ -68,7 +73,11 @@ CLI_NAMES = {"tiny_model": "tiny-model", "toy_data": "data toy"}  # `mathforge <
 TRAINERS = ("sft", "ppm", "rl")
 # the stages accelerate can launch: the trainers, and search as N data-parallel copies (one tree file each)
 LAUNCHABLE = (*TRAINERS, "search")
-ROUND_KEYS = ("num_rollouts", "num_candidates", "max_problems", "search", "extract", "sft", "ppm", "eval")
+ROUND_KEYS = (
+    "num_rollouts", "num_candidates", "max_problems", "unsolved_rollouts_factor",
+    "search", "extract", "sft", "ppm", "eval",
+)  # fmt: skip
+PRECISIONS = ("auto", "bf16", "float32", "recipe")
 STRUCTURED = ("tiny_model", "toy_data", "rounds", "overrides", "accelerate", "bootstrap", "eval_search")
 
 
@@ -185,8 +194,20 @@ class EvolveConfig:
     seed: int = field(
         default=0, metadata={"help": "Added to the search seed of each round (round k: seed+k)."}
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "What the stages compute in on a CPU: auto (bf16 where the CPU has bf16 instructions, "
+            "see mathforge.precision: vLLM's dtype with AMX or avx512_bf16, trainers' bf16 autocast and a "
+            "transformers generator's with AMX only; float32 elsewhere), bf16, float32, or recipe (the stage recipes' own bf16/dtype; "
+            "what auto does on a machine with a GPU). Sets trainers' bf16 and search/eval's dtype unless "
+            "overrides set them."
+        },
+    )
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"sft_init must be base or previous, not {self.sft_init!r}")
         if not self.name or "/" in self.name:
@@ -207,6 +228,7 @@ class Step:
     recipe: dict
     done: Callable[[], bool]
     check: Callable[[], None] | None = None  # after the step: stop if it produced nothing usable
+    prepare: Callable[[], None] | None = None  # before its done check: write inputs known only by now
 
     @property
     def label(self) -> str:
@@ -262,6 +284,7 @@ class Plan:
         self.steps: list[Step] = []
         self._recipes: dict[str, dict] = {}
         self._check_config()
+        self.precision = self._precision()
         self._build()
 
     # -- config checks that need no stage to run
@@ -327,18 +350,55 @@ class Plan:
             "{ppm}": ppm,
         }
 
+    def _precision(self):
+        """The Precision the stages run in (mathforge.precision), or None to keep the recipes' own."""
+        from mathforge import precision
+
+        setting = self.config.precision
+        if setting == "recipe":
+            return None
+        if setting == "auto":
+            import torch
+
+            return None if torch.cuda.is_available() else precision.this_cpu()
+        chosen = precision.this_cpu()
+        bf16 = setting == "bf16"
+        dtype = "bfloat16" if bf16 else "float32"
+        return dataclasses.replace(chosen, train_bf16=bf16, vllm_dtype=dtype, torch_dtype=dtype)
+
+    @property
+    def precision_record(self) -> dict:
+        """What the report says about the precision: the setting and what it resolved to."""
+        chosen = self.precision.describe() if self.precision else "the stage recipes' own bf16 and dtype"
+        return {"setting": self.config.precision, "chosen": chosen}
+
+    def _precision_keys(self, stage: str, recipe: dict) -> dict:
+        if self.precision is None:
+            return {}
+        if stage in TRAINERS:
+            return {"bf16": self.precision.train_bf16}
+        if stage in ("search", "eval"):
+            vllm = recipe.get("backend") == "vllm"
+            return {"dtype": self.precision.vllm_dtype if vllm else self.precision.torch_dtype}
+        return {}
+
     def _recipe(self, stage: str, wired: dict, outputs: dict, *extra: dict | None, paths: dict) -> dict:
-        """recipe file < wired inputs < overrides (every round, then this round's) < output paths."""
+        """recipe file < precision < wired inputs < overrides (every round, then this round's) < outputs."""
         recipe = dict(self._recipes.get(stage, {}))
         recipe.update(wired)
-        for more in (self.config.overrides.get(stage), *extra):
-            recipe.update(_subst(more or {}, paths))
+        layers = [self.config.overrides.get(stage) or {}, *(more or {} for more in extra)]
+        for more in layers:
+            recipe.update(_subst(more, paths))
+        explicit = {key for more in layers for key in more}
+        recipe.update({k: v for k, v in self._precision_keys(stage, recipe).items() if k not in explicit})
         recipe.update(outputs)  # never overridden: the done checks look there
         return recipe
 
-    def _add(self, where: str, name: str, stage: str, recipe: dict, done=None, check=None) -> Step:
+    def _add(
+        self, where: str, name: str, stage: str, recipe: dict, done=None, check=None, prepare=None
+    ) -> Step:
         out = self.run_dir / where.replace("round ", "round_").replace("stage 2", "rl") / name
-        step = Step(where, name, stage, out, recipe, done or (lambda: False), check)
+        step = Step(where, name, stage, out, recipe, done or (lambda: False), check, prepare)
         self.steps.append(step)
         return step
 
@@ -376,6 +436,7 @@ class Plan:
             policy = self._sft("round 0", self.base_model, bootstrap, c.bootstrap, "")
         self._eval("round 0", policy, "", eval_data, None)
 
+        searched_trees: list[Path] = []  # every tree file of the rounds so far
         for k, rnd in enumerate(c.rounds, start=1):
             where, rdir = f"round {k}", self.run_dir / f"round_{k}"
             paths = self._paths(policy, ppm)
@@ -394,9 +455,17 @@ class Plan:
                 "search", wired, {"output_file": str(trees)}, shape, rnd.get("search"), paths=paths
             )
             self._add(where, "search", "search", search, _trees_cover(trees, search))
+            tree_files = [str(trees)]
+            searched_trees.append(trees)
+            if rnd.get("unsolved_rollouts_factor") is not None:
+                extra = self._unsolved_search(
+                    where, rdir, search, rnd["unsolved_rollouts_factor"], list(searched_trees)
+                )
+                tree_files.append(extra)  # extraction: a problem's later tree replaces its earlier one
+                searched_trees.append(Path(extra))
             extract_out = rdir / "extract"
             recipe = self._recipe(
-                "extract", {"model_name_or_path": policy}, {"trees": [str(trees)], "output_dir": str(extract_out)},
+                "extract", {"model_name_or_path": policy}, {"trees": tree_files, "output_dir": str(extract_out)},
                 rnd.get("extract"), paths=paths,
             )  # fmt: skip
             self._add(where, "extract", "extract", recipe, _has(extract_out, "stats.json", "sft/train.jsonl", "pairs/train.jsonl"),
@@ -421,6 +490,67 @@ class Plan:
             self._add("stage 2", "train", "rl", recipe, _has(rl_out, "model.safetensors"))
             self._eval("stage 2", str(rl_out), ppm, eval_data, None, search=False)
 
+    def _unsolved_search(self, where: str, rdir: Path, search: dict, factor, earlier: list[Path]) -> str:
+        """rStar-Math's last-round rule: search again, with ``factor`` times the round's rollouts, the round's
+        problems that no search of this or an earlier round solved. Which ones is known only when the round's
+        search is done, so the step writes its problem set (``problems/train.jsonl``) just before it runs."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+            raise UserError(f"{where}: unsolved_rollouts_factor must be a number >= 1, not {factor!r}")
+        out = rdir / "search_unsolved"
+        problems, trees = out / "problems" / "train.jsonl", out / "trees.jsonl"
+        rollouts = max(1, round(search.get("num_rollouts", 8) * factor))
+        recipe = {
+            **search,
+            "dataset_name": str(problems.parent),
+            "dataset_split": "train",
+            "max_problems": None,
+            "num_rollouts": rollouts,
+            "output_file": str(trees),
+        }
+
+        def prepare() -> None:
+            if problems.is_file():  # chosen once: a resumed search must keep its problem set
+                return
+            from mathforge.data.loading import load_problems
+            from mathforge.search.mcts import read_tree_set
+
+            rows = load_problems(
+                search["dataset_name"],
+                search.get("dataset_split", "train"),
+                max_problems=search.get("max_problems"),
+            )
+            solved = {
+                str(t["id"])
+                for path in earlier
+                for t in read_tree_set(path)  # the file and any data-parallel shards beside it
+                if t.get("solved")
+            }
+            never = [dict(r) for r in rows if str(r["id"]) not in solved]
+            problems.parent.mkdir(parents=True, exist_ok=True)
+            meta = {
+                "round_problems": len(rows),
+                "never_solved": len(never),
+                "factor": factor,
+                "num_rollouts": rollouts,
+            }
+            (out / "unsolved.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if not never:
+                trees.touch()  # nothing to search: done, and extraction reads an empty file
+            tmp = problems.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in never))
+            tmp.replace(problems)
+
+        def done() -> bool:
+            if not problems.is_file():
+                return False
+            from mathforge.search.mcts import read_tree_set
+
+            want = {str(json.loads(line)["id"]) for line in problems.read_text().splitlines() if line.strip()}
+            return want <= {str(t["id"]) for t in read_tree_set(trees)}
+
+        self._add(where, "search_unsolved", "search", recipe, done, prepare=prepare)
+        return str(trees)
+
     def _sft(self, where: str, start: str, dataset: str, extra: dict | None, ppm: str) -> str:
         out = self.run_dir / where.replace("round ", "round_") / "sft"
         recipe = self._recipe(
@@ -440,13 +570,13 @@ class Plan:
         if self.config.eval_problems is not None:
             wired["max_problems"] = self.config.eval_problems
         paths = self._paths(policy, ppm)
-        greedy = {"n": 1, "temperature": 0.0, "search": "none", "progress": False}
+        greedy = {"n": 1, "temperature": 0.0, "search": "none", "progress": True}  # its bar: the live line
         out = folder / "eval_greedy"
         recipe = self._recipe("eval", wired, {"output_dir": str(out)}, greedy, extra, paths=paths)
         self._add(where, "eval_greedy", "eval", recipe, _has(out, "results.json"))
         if search and ppm and self.config.eval_search is not None:
             out = folder / "eval_search"
-            wired_search = {**wired, "ppm_path": ppm, "n": 1, "progress": False}
+            wired_search = {**wired, "ppm_path": ppm, "n": 1, "progress": True}
             recipe = self._recipe(
                 "eval", wired_search, {"output_dir": str(out)}, extra, self.config.eval_search, paths=paths
             )
@@ -639,8 +769,19 @@ def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
     tmp.replace(path)
 
 
-def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
-    """Run (or continue) every step of the plan, then write the report; returns report.json's content."""
+def _console_fd() -> int | None:
+    """A copy of this process's stdout descriptor (kept while a step sends fd 1 to its log), or None."""
+    try:
+        return os.dup(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a captured or closed stdout
+        return None
+
+
+def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool | None = None) -> dict:
+    """Run (or continue) every step of the plan, then write the report; returns report.json's content.
+
+    live: show a live status line of the running step on stdout (default: when ``echo`` is ``print`` and
+    the stages' output goes to their logs)."""
     from mathforge.evolve_report import write_report
 
     plan = Plan(config)
@@ -648,8 +789,29 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(dataclasses.asdict(config), plan.run_dir / "evolve.yaml")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if live is None:
+        live = echo is print and not config.log_to_console
+    console = _console_fd() if live else None
     started = time.perf_counter()
-    for step in plan.steps:
+    try:
+        _run_steps(plan, config, echo, console)
+    finally:
+        if console is not None:
+            os.close(console)
+    report = write_report(plan.run_dir, plan)
+    echo(
+        f"[evolve] finished in {(time.perf_counter() - started) / 60:.1f} min; report: {plan.run_dir / 'report.md'}"
+    )
+    return report
+
+
+def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], console: int | None) -> None:
+    from mathforge.evolve_progress import LiveLine
+
+    total, announced = len(plan.steps), False
+    for index, step in enumerate(plan.steps, start=1):
+        if step.prepare is not None:
+            step.prepare()
         if step.done():
             echo(f"[evolve] {step.label}: done already ({step.out})")
             changed = _changed_keys(step)
@@ -660,11 +822,20 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
                     "it) to run it again."
                 )
         else:
+            if not announced and plan.precision is not None:
+                echo(f"[evolve] precision: {plan.precision.describe()}")
+            announced = True
             name = CLI_NAMES.get(step.stage, step.stage)
             echo(f"[evolve] {step.label}: running `mathforge {name}` (log: {step.out / 'step.log'})")
             t0 = time.perf_counter()
+            shown = (
+                LiveLine(console, f"[evolve] {index}/{total} {step.label}", step.out / "step.log")
+                if console is not None
+                else contextlib.nullcontext()
+            )
             try:
-                run_step(step, config)
+                with shown:
+                    run_step(step, config)
             finally:
                 _record_time(plan.run_dir, step, time.perf_counter() - t0)
             echo(f"[evolve] {step.label}: finished in {time.perf_counter() - t0:.0f}s")
@@ -674,11 +845,6 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print) -> dict:
                 )
         if step.check is not None:
             step.check()
-    report = write_report(plan.run_dir, plan)
-    echo(
-        f"[evolve] finished in {(time.perf_counter() - started) / 60:.1f} min; report: {plan.run_dir / 'report.md'}"
-    )
-    return report
 
 
 def parse_args(argv: list[str] | None) -> EvolveConfig:
