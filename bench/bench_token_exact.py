@@ -17,50 +17,27 @@ import time
 from pathlib import Path
 
 
-class Recorder:
-    """A backend that remembers which ids it sampled after which context."""
-
-    def __init__(self, inner):
-        self.inner, self.tokenizer, self.sampled = inner, inner.tokenizer, {}
-
-    def generate(self, prompts, sampling):
-        out = self.inner.generate(prompts, sampling)
-        for ids, comps in zip(prompts, out):
-            for c in comps:
-                self.sampled.setdefault(tuple(ids), set()).add(tuple(c.token_ids))
-        return out
-
-
-def count(trajectories, encoder, tokenizer, sampled) -> tuple[int, int, int]:
-    """(never-sampled tokens in the loss now, the same with chunks re-tokenized, written tokens)."""
-    now = before = total = 0
+def retokenized_changes(trajectories, tokenizer) -> int:
+    """Tokens that differ from the sampled ones when each written chunk is re-tokenized from its text."""
+    changed = 0
     for t in trajectories:
-        context, written = list(t.prompt_ids), []
-        for s in t.segments:
-            if s.by_model:
-                now += tuple(s.ids) not in sampled.get(tuple(context), ())  # a chunk nobody sampled here
-                written += s.ids
-            context += s.ids
-        ids, mask = encoder.encode(t)
-        trained = [i for i, m in zip(ids, mask) if m]
-        now += sum(a != b for a, b in zip(trained, written)) + abs(len(trained) - len(written))
+        written = [i for s in t.segments if s.by_model for i in s.ids]
         old = [
             i
             for s in t.segments
             if s.by_model
             for i in tokenizer(s.text, add_special_tokens=False)["input_ids"]
         ]
-        before += sum(a != b for a, b in zip(old, written)) + abs(len(old) - len(written))
-        total += len(written)
-    return now, before, total
+        changed += sum(a != b for a, b in zip(old, written)) + abs(len(old) - len(written))
+    return changed
 
 
 def main() -> None:
     from mathforge import steps
     from mathforge.data.toy import write_dataset
     from mathforge.executor import Executor
-    from mathforge.generation import HFGenerator, SamplingConfig, VLLMGenerator
-    from mathforge.rl import RLScriptArguments, StepRollout
+    from mathforge.generation import HFGenerator, RecordingGenerator, SamplingConfig, VLLMGenerator
+    from mathforge.rl import RLScriptArguments, StepRollout, never_sampled
     from mathforge.rollout import rollout
     from mathforge.tiny_model import build
 
@@ -73,7 +50,7 @@ def main() -> None:
     write_dataset(tmp / "data", n_train=0, n_test=args.rollouts // 2, seed=1, progress=False)
     rows = [json.loads(line) for line in (tmp / "data" / "test.jsonl").read_text().splitlines()]
     for name, backend in (("transformers", HFGenerator), ("vllm", VLLMGenerator)):
-        generator = Recorder(backend(model))
+        generator = RecordingGenerator(backend(model))
         prompts = [steps.chat_prompt(generator.tokenizer, r["problem"], steps.SYSTEM_PROMPT) for r in rows]
         sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=128, seed=0)
         start = time.perf_counter()
@@ -81,7 +58,9 @@ def main() -> None:
             groups = rollout(prompts, generator, executor, sampling, max_steps=6)
         trajectories = [t for g in groups for t in g]
         encoder = StepRollout(RLScriptArguments(), generator.tokenizer, max_completion_length=4096)
-        now, before, total = count(trajectories, encoder, generator.tokenizer, generator.sampled)
+        now = sum(never_sampled(t, encoder.encode(t), generator.sampled) for t in trajectories)
+        before = retokenized_changes(trajectories, generator.tokenizer)
+        total = sum(len(s.ids) for t in trajectories for s in t.segments if s.by_model)
         print(
             f"{name:>12}: {len(trajectories)} rollouts, {total} written tokens: never-sampled tokens in the RL "
             f"loss {now} (chunks re-tokenized, as before: {before}); {time.perf_counter() - start:.0f}s"

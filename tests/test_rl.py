@@ -58,8 +58,9 @@ def grpo_run(policy, toy_data, tmp_path_factory):
 
 def _completion_texts(trainer) -> list[str]:
     from mathforge.rewards import completion_text
+    from mathforge.trl_compat import logged_completions
 
-    return [completion_text(c) for c in trainer._logs["completion"]]
+    return [completion_text(c) for c in logged_completions(trainer)]
 
 
 @pytest.mark.slow
@@ -300,3 +301,15 @@ def test_rl_recipes_parse(recipe):
             8,
         )
         assert script.reward_funcs == ["format", "cosine", "kimi_length"]
+
+
+def test_private_trl_members_are_checked_in_one_place():
+    import trl
+
+    from mathforge import trl_compat
+
+    trl_compat.check()  # the installed TRL has every private method mathforge overrides
+    with pytest.raises(
+        trl_compat.TRLVersionError, match=f"TRL {trl.__version__} has no .*install trl>=1.16,<1.17"
+    ):
+        trl_compat.private(object(), "_last_loaded_step")

@@ -273,6 +273,26 @@ class VLLMGenerator:
         return ids | set(_as_list(self.tokenizer.eos_token_id))
 
 
+class RecordingGenerator:
+    """Any backend, plus a record of which ids it sampled after which context: ``sampled[context ids]`` is the
+    list of sampled id tuples. For checking that training uses exactly what was sampled
+    (:func:`mathforge.rl.never_sampled`)."""
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer = inner, inner.tokenizer
+        self.sampled: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self.completions: list[Completion] = []
+
+    def generate(self, prompts: list, sampling: SamplingConfig) -> list[list[Completion]]:
+        prompts = prompt_ids(self.tokenizer, prompts)
+        out = self.inner.generate(prompts, sampling)
+        for ids, comps in zip(prompts, out):
+            for c in comps:
+                self.sampled.setdefault(tuple(ids), []).append(tuple(c.token_ids))
+                self.completions.append(c)
+        return out
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []

@@ -43,6 +43,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from mathforge.config import parse_config, save_yaml, to_dict
 from mathforge.errors import UserError
 from mathforge.sft import _read, last_checkpoint, write_rank_report
+from mathforge.trl_compat import RewardTrainerWithRows
 
 OBJECTIVES = ("pairwise", "value")
 REQUIRED = {"pairwise": ("prompt", "chosen", "rejected"), "value": ("prompt", "value")}
@@ -201,7 +202,7 @@ class _ValueCollator:
         }
 
 
-class ValueTrainer(RewardTrainer):
+class ValueTrainer(RewardTrainerWithRows):
     """AlphaMath's value objective on the PPM's head: MSE between tanh(r) and the Q target.
 
     A minimal subclass, so model loading (seq-cls head, pad token), PEFT, checkpointing and the model card
@@ -209,7 +210,9 @@ class ValueTrainer(RewardTrainer):
     loss change. The text is built with :func:`readout_text`, the loss is on the score that search uses.
     """
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+    columns = ["input_ids", "value"]
+
+    def prepare_rows(self, dataset, processing_class, args, dataset_name):
         eos = processing_class.eos_token
 
         def tokenize(row):
@@ -220,18 +223,13 @@ class ValueTrainer(RewardTrainer):
             dataset = dataset.filter(lambda row: len(row["input_ids"]) <= args.max_length)
         return dataset
 
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "value"]
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         import torch
 
         target = inputs.pop("value")
         outputs = model(**inputs, use_cache=False)
         loss = torch.nn.functional.mse_loss(torch.tanh(outputs.logits.squeeze(-1).float()), target.float())
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["mse"].append(self.accelerator.gather_for_metrics(loss.detach()).mean().item())
+        self.log_train_metric("mse", self.accelerator.gather_for_metrics(loss.detach()).mean().item())
         return (loss, outputs) if return_outputs else loss
 
 

@@ -15,7 +15,7 @@ works as documented by TRL. This module adds three things:
   written). For GRPO this is TRL's
   ``rollout_func``; the tokens of ``<output>`` blocks get ``env_mask`` 0, TRL's mask for environment
   tokens: they are context for the policy, not part of its loss, its KL or its logged length. RLOO in TRL
-  1.16 has neither ``rollout_func`` nor ``env_mask``, so :class:`StepRLOOTrainer` overrides its generation
+  1.16 has neither ``rollout_func`` nor ``env_mask``, so :class:`~mathforge.trl_compat.StepRLOOTrainer` overrides its generation
   hook and zeroes the per-token log-probabilities of output tokens (RLOO sums them into a sequence
   log-probability, so a zero is "not part of the sequence"). ``rollout_format: text`` is TRL's own
   single-turn generation (e.g. R1-style models that think in plain text).
@@ -43,6 +43,7 @@ from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
 
+from mathforge import trl_compat
 from mathforge.cluster import for_generation, outside_zero_init
 from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
 from mathforge.errors import UserError
@@ -182,9 +183,7 @@ def policy_generator(trainer, batch_size: int):
 
     if trainer.use_vllm:
         vllm = trainer.vllm_generation
-        if trainer.state.global_step != trainer._last_loaded_step:  # GRPO's rollout path has synced already
-            vllm.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
+        trl_compat.sync_weights_if_stale(trainer)
         if vllm.mode == "server":
             if getattr(vllm, "vllm_client", None) is None:  # only the main process gets TRL's client
                 from trl.generation.vllm_client import VLLMClient
@@ -194,7 +193,7 @@ def policy_generator(trainer, batch_size: int):
             yield _ServerGenerator(vllm.vllm_client, trainer.processing_class, set(trainer.eos_token_ids))
             return
         if vllm.enable_sleep_mode:
-            if vllm._llm_weights_sleeping:
+            if trl_compat.weights_sleeping(vllm):
                 vllm.sync_weights()
             vllm.llm.wake_up(tags=["kv_cache"])
         try:
@@ -202,7 +201,7 @@ def policy_generator(trainer, batch_size: int):
         finally:
             if vllm.enable_sleep_mode:
                 vllm.llm.sleep(level=2)
-                vllm._llm_weights_sleeping = True
+                trl_compat.set_weights_sleeping(vllm)
         return
     with (
         unwrap_model_for_generation(
@@ -212,7 +211,7 @@ def policy_generator(trainer, batch_size: int):
             gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
         ) as model,
         torch.no_grad(),
-        trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
+        trl_compat.summon_full_params(trainer),
     ):
         was_training = model.training
         model.eval()  # no dropout while sampling
@@ -296,12 +295,10 @@ class StepRollout:
             "prompt_text": texts,
             "rollout_end": [t.end for t in trajectories],
         }
-        log = getattr(trainer, "_log_metric", None)
-        if log is not None:
-            n = max(1, len(trajectories))
-            log("rollout/answered", sum(t.end == "answer" for t in trajectories) / n)
-            log("rollout/steps", sum(len(t.steps) for t in trajectories) / n)
-            log("rollout/code_errors", sum(t.code_errors for t in trajectories) / n)
+        n = max(1, len(trajectories))
+        trl_compat.log_metric(trainer, "rollout/answered", sum(t.end == "answer" for t in trajectories) / n)
+        trl_compat.log_metric(trainer, "rollout/steps", sum(len(t.steps) for t in trajectories) / n)
+        trl_compat.log_metric(trainer, "rollout/code_errors", sum(t.code_errors for t in trajectories) / n)
         return result
 
     def encode(self, trajectory) -> tuple[list[int], list[int]]:
@@ -321,52 +318,19 @@ class StepRollout:
         return ids[: self.max_len], mask[: self.max_len]
 
 
-class StepRLOOTrainer(RLOOTrainer):
-    """`RLOOTrainer` with step-format rollouts; executor output tokens are left out of the sequence log-prob."""
-
-    def __init__(self, *args, step_rollout: StepRollout, **kwargs):
-        self.step_rollout = step_rollout
-        self._env_rows = self._model_tokens = self._active_env_mask = None
-        super().__init__(*args, **kwargs)
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
-        texts = self.processing_class.batch_decode(prompt_ids, skip_special_tokens=False)
-        out = self.step_rollout.run(texts, prompt_ids, self)
-        self._env_rows, self._model_tokens = out["env_mask"], out["model_tokens"]
-        return out["completion_ids"]
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        for row, n in zip(inputs, self._model_tokens):
-            row["model_tokens"] = n
-        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-
-    def _env_mask(self, width: int):
-        import torch
-
-        rows = [row[:width] + [1] * (width - len(row)) for row in self._env_rows]  # padding: masked anyway
-        return torch.tensor(rows, device=self.accelerator.device)
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        output["env_mask"] = self._env_mask(output["completion_ids"].shape[1])
-        self._env_rows = None
-        return output
-
-    def _compute_loss(self, model, inputs):
-        self._active_env_mask = inputs.get("env_mask")
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self._active_env_mask = None
-
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        mask = self._active_env_mask
-        if mask is None and self._env_rows is not None:  # old/reference log-probs of a fresh generation
-            mask = self._env_mask(logps.shape[1])
-        if mask is not None:
-            logps = logps * mask.to(logps.dtype)
-        return logps, entropies, aux
+def never_sampled(trajectory, encoded: tuple[list[int], list[int]], sampled: dict) -> int:
+    """Mask-1 tokens of an encoded RL completion that the generator did not sample there: every chunk the
+    model wrote must be a sampled continuation of exactly the ids before it (``sampled``: context ids -> the id
+    tuples sampled after it, as :class:`~mathforge.generation.RecordingGenerator` keeps them), and the mask-1
+    tokens must be those chunks in order, none missing. 0 is token-exact."""
+    context, written, wrong = list(trajectory.prompt_ids), [], 0
+    for segment in trajectory.segments:
+        if segment.by_model:
+            wrong += 0 if tuple(segment.ids) in sampled.get(tuple(context), ()) else len(segment.ids)
+            written += segment.ids
+        context += segment.ids
+    trained = [i for i, m in zip(*encoded) if m]
+    return wrong + sum(a != b for a, b in zip(trained, written)) + abs(len(trained) - len(written))
 
 
 # --- command line ------------------------------------------------------------------------------------------------
@@ -507,7 +471,7 @@ def train(
             )
         trainer = GRPOTrainer(**common, rollout_func=rollout)
     elif steps_format:
-        trainer = StepRLOOTrainer(**common, step_rollout=rollout)
+        trainer = trl_compat.StepRLOOTrainer(**common, step_rollout=rollout)
     else:
         trainer = RLOOTrainer(**common)
 
@@ -535,7 +499,7 @@ def train(
     return trainer
 
 
-__all__ = ["RLScriptArguments", "StepRLOOTrainer", "StepRollout", "load_train_set", "main", "train"]
+__all__ = ["RLScriptArguments", "StepRollout", "load_train_set", "main", "never_sampled", "train"]
 
 
 if __name__ == "__main__":
