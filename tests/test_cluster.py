@@ -170,29 +170,47 @@ def random_ppm(tiny_model, tmp_path_factory):
     return out
 
 
+POOLING_CHECK = """
+import sys
+import pytest
+from mathforge.ppm import VLLMPPMScorer, load_scorer
+from mathforge.search.mcts import load_ppm
+
+ppm = sys.argv[1]
+texts = [
+    "<|im_start|>user\\nWhat is 2+3?<|im_end|>\\n",
+    "<step>\\nprint(2+3)\\n</step>\\n<output>\\n5\\n</output>",
+    "x",
+]
+texts += [texts[1] * 40]  # longer than a batch neighbour: padding must not matter
+hf = load_scorer(ppm)
+want = hf.raw(texts)
+assert len(set(round(w, 4) for w in want)) == len(texts)  # a head that tells the texts apart
+exact = VLLMPPMScorer(ppm, dtype="float32")
+assert exact.raw(texts) == pytest.approx(want, abs=1e-5)
+assert exact(texts) == pytest.approx(hf(texts), abs=1e-5) and exact.raw([]) == []
+del exact
+# what search builds (dtype auto: vLLM on CPU runs the float32 model in bfloat16)
+default = load_ppm(ppm, backend="vllm", gpu_memory_utilization=0.2)
+assert isinstance(default, VLLMPPMScorer)
+assert default.raw(texts) == pytest.approx(want, abs=0.01)
+print("pooling scores match")
+"""
+
+
 @pytest.mark.slow
 def test_vllm_pooling_scores_the_ppm_as_transformers_does(random_ppm):
-    """vLLM's pooling runner serves the Qwen2ForSequenceClassification head: same raw outputs, same scores."""
-    from mathforge.ppm import VLLMPPMScorer, load_scorer
-    from mathforge.search.mcts import load_ppm
-
-    texts = [
-        "<|im_start|>user\nWhat is 2+3?<|im_end|>\n",
-        "<step>\nprint(2+3)\n</step>\n<output>\n5\n</output>",
-        "x",
-    ]
-    texts += [texts[1] * 40]  # longer than a batch neighbour: padding must not matter
-    hf = load_scorer(str(random_ppm))
-    want = hf.raw(texts)
-    assert len(set(round(w, 4) for w in want)) == len(texts)  # a head that tells the texts apart
-    exact = VLLMPPMScorer(str(random_ppm), dtype="float32")
-    assert exact.raw(texts) == pytest.approx(want, abs=1e-5)
-    assert exact(texts) == pytest.approx(hf(texts), abs=1e-5) and exact.raw([]) == []
-    del exact
-    # what search builds (dtype auto: vLLM on CPU runs the float32 model in bfloat16)
-    default = load_ppm(str(random_ppm), backend="vllm", gpu_memory_utilization=0.2)
-    assert isinstance(default, VLLMPPMScorer)
-    assert default.raw(texts) == pytest.approx(want, abs=0.01)
+    """vLLM's pooling runner serves the Qwen2ForSequenceClassification head: same raw outputs, same scores.
+    In a fresh process: after a pooling engine, a vLLM engine started later in the same process fails
+    ("process group is not initialized"), which would break the tests that come after this one."""
+    run = subprocess.run(
+        [sys.executable, "-c", POOLING_CHECK, str(random_ppm)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
+    assert run.returncode == 0 and "pooling scores match" in run.stdout, run.stderr[-3000:]
 
 
 # --- DeepSpeed ZeRO-3 on 2 CPU processes ---------------------------------------------------------------------
