@@ -387,6 +387,7 @@ def test_vllm_evaluation_of_the_tiny_model(tiny_model, benchmarks, tmp_path):
         assert r["problems"] == 16 and r["benchmarks"]["math500"]["n"] == 1
         r = evaluate(EvalConfig(**base | {"search": "majority", "search_n": 2, "n": 1}), **run)
         assert r["benchmarks"]["gsm8k"]["samples"] == 8
+    generator.close()
 
 
 def test_transformers_backend_chat_format(tiny_model, benchmarks, tmp_path):

@@ -55,7 +55,9 @@ def executor():
 def generators(qwen_model):
     from mathforge.generation import HFGenerator, VLLMGenerator
 
-    return {"transformers": HFGenerator(str(qwen_model)), "vllm": VLLMGenerator(str(qwen_model), seed=0)}
+    both = {"transformers": HFGenerator(str(qwen_model)), "vllm": VLLMGenerator(str(qwen_model), seed=0)}
+    yield both
+    both["vllm"].close()
 
 
 def test_the_tokenizer_is_qwens(tokenizer):

