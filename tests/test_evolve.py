@@ -18,15 +18,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from evolve_helpers import REPO, finished_run, micro_config, write_config
 
 from mathforge.errors import UserError
-from mathforge.evolve import EvolveConfig, Plan, evolve, parse_args
+from mathforge.evolve import EvolveConfig, Plan, Step, _changed_keys, evolve, parse_args
 
 
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "micro-evolve"  # shared with test_push.py in one session
+
+
+RL_RECIPE = str(REPO / "recipes/tiny/rl/config_toy.yaml")
 
 
 def plan_of(tmp_path, **changes) -> Plan:
@@ -111,6 +115,31 @@ def test_output_paths_cannot_be_overridden_and_placeholders_resolve(tmp_path):
             "threads of search must be a whole number >= 1",
         ),
         ({"threads": {"search": 1}}, "threads of search: the stage runs inside evolve's process"),
+        (
+            {"overrides": {"sft": {"learning_rat": 1e-4}}},
+            "round 0, step sft: unknown key 'learning_rat' for `mathforge sft`; did you mean 'learning_rate'?",
+        ),
+        (
+            {"tiny_model": {"sise": "micro"}},
+            "round 0, step base_model: unknown key 'sise' for `mathforge tiny-model`; did you mean 'size'?",
+        ),
+        ({"toy_data": {"n_trains": 8}}, "round 0, step toy: unknown key 'n_trains' for `mathforge data toy`"),
+        ({"eval_search": {"serch": "best_of_n"}}, "round 1, step eval_search: unknown key 'serch'"),
+        ({"rounds": [{"extract": {"min_qq": 0.1}}]}, "round 1, step extract: unknown key 'min_qq'"),
+        # the RLOO switch picks the TRL config the keys are checked against: RLOOConfig has no loss_type
+        # (the tiny GRPO recipe sets it), GRPOConfig no normalize_advantages
+        (
+            {"rl_recipe": RL_RECIPE, "overrides": {"rl": {"algorithm": "rloo"}}},
+            "stage 2, step train: unknown key 'loss_type'",
+        ),
+        (
+            {"rl_recipe": RL_RECIPE, "overrides": {"rl": {"normalize_advantages": True}}},
+            "stage 2, step train: unknown key 'normalize_advantages' for `mathforge rl`",
+        ),
+        (
+            {"rl_recipe": RL_RECIPE, "overrides": {"rl": {"algorithm": "ppo"}}},
+            "stage 2, step train: algorithm must be one of grpo, rloo, not 'ppo'",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_round_and_step(tmp_path, changes, message):
@@ -118,6 +147,58 @@ def test_bad_config_is_one_line_naming_round_and_step(tmp_path, changes, message
         plan_of(tmp_path, **changes).validate()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_rloo_recipe_is_checked_against_rloo_config(tmp_path):
+    overrides = {"rl": {"algorithm": "rloo", "normalize_advantages": True}}
+    rl = tmp_path / "rloo.yaml"
+    recipe = yaml.safe_load(Path(RL_RECIPE).read_text())
+    rl.write_text(
+        yaml.safe_dump({k: v for k, v in recipe.items() if k not in ("loss_type", "scale_rewards")})
+    )
+    plan = plan_of(
+        tmp_path, rl_recipe=str(rl), overrides={**micro_config(tmp_path)["overrides"], **overrides}
+    )
+    plan.validate()
+    assert plan.steps[-2].recipe["normalize_advantages"] is True
+
+
+def test_a_stage_that_cannot_be_imported_is_an_error_not_a_skipped_check(tmp_path, monkeypatch):
+    """A broken install of one stage (its module made unimportable here) stops the plan with one line."""
+    plan = plan_of(tmp_path)
+    monkeypatch.setitem(sys.modules, "mathforge.ppm", None)  # `import mathforge.ppm` raises ImportError
+    with pytest.raises(UserError, match=re.escape("round 1, step ppm: `mathforge ppm` cannot be imported")):
+        plan.validate()
+
+
+def test_a_finished_steps_recipe_compares_paths_as_paths_and_text_as_text(tmp_path, monkeypatch):
+    """The same path written with ``~``, relative or in a run moved elsewhere is no change; a multi-line
+    prompt with ``/`` in it is text, so a change in it is one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    planned = {
+        "model_name_or_path": str(tmp_path / "home" / "base"),
+        "dataset_name": str(tmp_path / "runs" / "x" / "round_1" / "extract" / "sft"),
+        "output_dir": str(tmp_path / "runs" / "x" / "round_1" / "sft"),
+        "trees": [str(tmp_path / "runs" / "x" / "round_1" / "search" / "trees.jsonl")],
+        "system_prompt": "Solve step by step.\nWrite fractions as a/b/c.",
+        "learning_rate": 1e-4,
+    }
+    saved = {
+        "model_name_or_path": "~/base",
+        "dataset_name": "runs/x/round_1/extract/sft",
+        "output_dir": "/elsewhere/runs/x/round_1/sft",
+        "trees": ["/elsewhere/runs/x/round_1/search/trees.jsonl"],
+        "system_prompt": "Solve briefly.\nWrite fractions as a/b/c.",
+        "learning_rate": 1e-4,
+    }
+    step = Step("round 1", "sft", "sft", tmp_path / "step", planned, lambda: True)
+    step.out.mkdir()
+    (step.out / "step_recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert _changed_keys(step) == ["system_prompt"]
+    saved["learning_rate"] = 1e-5
+    (step.out / "step_recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert _changed_keys(step) == ["learning_rate", "system_prompt"]
 
 
 def test_threads_set_omp_num_threads_of_a_stage_process(tmp_path, monkeypatch):

@@ -33,8 +33,16 @@ def _make_parser(dataclass_types, prog):
     return Parser(dataclass_types=dataclass_types, prog=prog)
 
 
-def _known_keys(dataclass_types) -> list[str]:
-    return [f.name for t in dataclass_types for f in dataclasses.fields(t)]
+def check_keys(keys, dataclass_types, where: str) -> None:
+    """Raise a one-line UserError for the first of `keys` that is no field of `dataclass_types` (nor `env`).
+
+    The message is "unknown key 'K' <where>" and names the closest valid key when there is one."""
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
+            raise UserError(f"unknown key '{key}' {where}{hint}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -69,13 +77,7 @@ def parse_config(
         if i + 1 >= len(argv):
             raise UserError("--config needs a path to a YAML recipe")
         # Validate the file and its keys here so the message names the offending key.
-        data = load_yaml(argv[i + 1])
-        known = set(_known_keys(dataclass_types)) | {"env"}
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else "; see --help for the valid keys"
-                raise UserError(f"unknown key '{key}' in {argv[i + 1]}{hint}")
+        check_keys(load_yaml(argv[i + 1]), dataclass_types, f"in {argv[i + 1]}")
     parser = _make_parser(dataclass_types, prog)
     try:
         return tuple(parser.parse_args_and_config(argv))
@@ -114,4 +116,4 @@ def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
     tmp.replace(path)
 
 
-__all__ = ["parse_config", "load_yaml", "to_dict", "save_yaml", "UserError"]
+__all__ = ["parse_config", "check_keys", "load_yaml", "to_dict", "save_yaml", "UserError"]

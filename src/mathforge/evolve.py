@@ -602,51 +602,79 @@ class Plan:
         return check
 
     def validate(self) -> None:
-        """Check every step's recipe keys against its stage's options (imports the stage modules)."""
-        from mathforge.config import _known_keys
+        """Check every step's recipe keys against the options its stage parses (imports the stage modules)."""
+        from mathforge.config import check_keys
 
         for step in self.steps:
-            types = stage_types(step.stage, step.recipe)
-            if types is None:  # a stage that is not installed here: it reports its own errors when run
-                continue
-            known = set(_known_keys(types)) | {"env"}
-            for key in step.recipe:
-                if key not in known:
-                    raise UserError(f"{step.label}: unknown key '{key}' for `mathforge {step.stage}`")
+            name = CLI_NAMES.get(step.stage, step.stage)
+            try:
+                check_keys(step.recipe, stage_types(step.stage, step.recipe), f"for `mathforge {name}`")
+            except UserError as err:
+                raise UserError(f"{step.label}: {err}") from None
 
 
-# stage -> the option dataclasses its `main` parses ("module:name"), for checking step recipes up front
-OPTIONS = {
-    "tiny_model": ["mathforge.tiny_model:TinyModelConfig"],
-    "toy_data": ["mathforge.data.toy:ToyDataConfig"],
-    "sft": ["mathforge.sft:SFTScriptArguments", "trl:SFTConfig", "trl:ModelConfig"],
-    "search": ["mathforge.search.mcts:SearchConfig", "mathforge.data.loading:DataArguments"],
-    "extract": ["mathforge.search.extract:ExtractConfig"],
-    "ppm": ["mathforge.ppm:PPMScriptArguments", "trl:RewardConfig", "trl:ModelConfig"],
-    "eval": ["mathforge.evaluate:EvalConfig", "mathforge.data.loading:DataArguments"],
-    "rl": [
-        "mathforge.rl:RLScriptArguments",
-        "mathforge.rewards:RewardArguments",
-        "trl:GRPOConfig",
-        "trl:ModelConfig",
-    ],
-}
+def stage_types(stage: str, recipe: dict | None = None) -> list[type]:
+    """The option dataclasses that `mathforge <stage>` parses for ``recipe``, imported from the stage.
+
+    A stage that cannot be imported is a UserError: its recipe can be neither checked nor run."""
+    name = CLI_NAMES.get(stage, stage)
+    try:
+        return _stage_types(stage, recipe or {})
+    except ImportError as err:
+        raise UserError(
+            f"`mathforge {name}` cannot be imported ({err}); install mathforge with scripts/install.sh"
+        ) from None
 
 
-def stage_types(stage: str, recipe: dict | None = None) -> list[type] | None:
-    """The option dataclasses of a stage, or None when they cannot be imported (the stage then reports
-    its own errors when it runs)."""
-    names = list(OPTIONS[stage])
-    if stage == "rl" and (recipe or {}).get("algorithm") == "rloo":
-        names[2] = "trl:RLOOConfig"
-    types = []
-    for name in names:
-        module, attr = name.split(":")
+def _stage_types(stage: str, recipe: dict) -> list[type]:
+    if stage == "tiny_model":
+        from mathforge.tiny_model import TinyModelConfig
+
+        return [TinyModelConfig]
+    if stage == "toy_data":
+        from mathforge.data.toy import ToyDataConfig
+
+        return [ToyDataConfig]
+    if stage == "search":
+        from mathforge.data.loading import DataArguments
+        from mathforge.search.mcts import SearchConfig
+
+        return [SearchConfig, DataArguments]
+    if stage == "extract":
+        from mathforge.search.extract import ExtractConfig
+
+        return [ExtractConfig]
+    if stage == "eval":
+        from mathforge.data.loading import DataArguments
+        from mathforge.evaluate import EvalConfig
+
+        return [EvalConfig, DataArguments]
+    if stage == "sft":
+        from trl import ModelConfig, SFTConfig
+
+        from mathforge.sft import SFTScriptArguments
+
+        return [SFTScriptArguments, SFTConfig, ModelConfig]
+    if stage == "ppm":
+        from trl import ModelConfig, RewardConfig
+
+        from mathforge.ppm import PPMScriptArguments
+
+        return [PPMScriptArguments, RewardConfig, ModelConfig]
+    if stage == "rl":
+        from trl import ModelConfig
+
+        from mathforge.rewards import RewardArguments
+        from mathforge.rl import ALGORITHMS, RLScriptArguments
+
+        # the algorithm's default and check are RLScriptArguments', its TRL config rl's ALGORITHMS
+        chosen = {"algorithm": recipe["algorithm"]} if recipe.get("algorithm") else {}
         try:
-            types.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            return None
-    return types
+            algorithm = RLScriptArguments(**chosen).algorithm
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        return [RLScriptArguments, RewardArguments, ALGORITHMS[algorithm], ModelConfig]
+    raise KeyError(f"no stage {stage!r} (stages: {', '.join(MODULES)})")
 
 
 # --- running -------------------------------------------------------------------------------------------
@@ -752,12 +780,19 @@ def _changed_keys(step: Step) -> list[str]:
 
 
 def _same_value(a, b) -> bool:
-    """Equal, or paths that differ only above the run folder (a run moved or copied elsewhere)."""
+    """Equal, or the same path written differently (relative, absolute, with ``~``), or paths that differ
+    only above the run folder (a run moved or copied elsewhere)."""
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, str) and isinstance(b, str) and a != b and os.sep in a and os.sep in b:
-        return Path(a).parts[-2:] == Path(b).parts[-2:]  # <round_k>/<step> (or <step>/<file>)
+    if isinstance(a, str) and isinstance(b, str) and a != b and _path_like(a) and _path_like(b):
+        a_path, b_path = (Path(v).expanduser().resolve() for v in (a, b))
+        return a_path.parts[-2:] == b_path.parts[-2:]  # <round_k>/<step> (or <step>/<file>)
     return a == b
+
+
+def _path_like(value: str) -> bool:
+    """One line with a folder separator, or starting with ``~`` (a prompt with a ``/`` in it is no path)."""
+    return "\n" not in value and (value.startswith("~") or "/" in value or os.sep in value)
 
 
 def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
