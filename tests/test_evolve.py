@@ -485,6 +485,13 @@ def test_precision_auto_sets_trainers_bf16_and_generators_dtype_unless_overridde
     vllm["eval"]["backend"] = "vllm"
     steps = {s.label: s.recipe for s in plan_of(tmp_path, overrides=vllm).steps}
     assert steps["round 1, step eval_greedy"]["dtype"] == chosen.vllm_dtype
+    # an eval recipe without backend runs EvalConfig's default backend, vLLM
+    recipe = yaml.safe_load((REPO / "recipes/tiny/eval/config_toy.yaml").read_text())
+    del recipe["backend"], vllm["eval"]["backend"]
+    no_backend = write_config(recipe, tmp_path / "eval.yaml")
+    steps = {s.label: s.recipe for s in plan_of(tmp_path, overrides=vllm, eval_recipe=str(no_backend)).steps}
+    assert "backend" not in steps["round 1, step eval_greedy"]
+    assert steps["round 1, step eval_greedy"]["dtype"] == chosen.vllm_dtype
     # forced, and left to the stage recipes
     steps = {s.label: s.recipe for s in plan_of(tmp_path, precision="float32").steps}
     assert steps["round 1, step ppm"]["bf16"] is False and steps["round 1, step search"]["dtype"] == "float32"

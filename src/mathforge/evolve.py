@@ -268,7 +268,9 @@ def _trees_cover(trees: Path, recipe: dict) -> Callable[[], bool]:
         if not have:
             return False
         want = _problem_ids(
-            recipe["dataset_name"], recipe.get("dataset_split", "train"), recipe.get("max_problems")
+            recipe["dataset_name"],
+            stage_option("search", recipe, "dataset_split"),
+            stage_option("search", recipe, "max_problems"),
         )
         return want <= have
 
@@ -378,7 +380,7 @@ class Plan:
         if stage in TRAINERS:
             return {"bf16": self.precision.train_bf16}
         if stage in ("search", "eval"):
-            vllm = recipe.get("backend") == "vllm"
+            vllm = stage_option(stage, recipe, "backend") == "vllm"
             return {"dtype": self.precision.vllm_dtype if vllm else self.precision.torch_dtype}
         return {}
 
@@ -498,7 +500,7 @@ class Plan:
             raise UserError(f"{where}: unsolved_rollouts_factor must be a number >= 1, not {factor!r}")
         out = rdir / "search_unsolved"
         problems, trees = out / "problems" / "train.jsonl", out / "trees.jsonl"
-        rollouts = max(1, round(search.get("num_rollouts", 8) * factor))
+        rollouts = max(1, round(stage_option("search", search, "num_rollouts") * factor))
         recipe = {
             **search,
             "dataset_name": str(problems.parent),
@@ -516,8 +518,8 @@ class Plan:
 
             rows = load_problems(
                 search["dataset_name"],
-                search.get("dataset_split", "train"),
-                max_problems=search.get("max_problems"),
+                stage_option("search", search, "dataset_split"),
+                max_problems=stage_option("search", search, "max_problems"),
             )
             solved = {
                 str(t["id"])
@@ -624,6 +626,15 @@ def stage_types(stage: str, recipe: dict | None = None) -> list[type]:
         raise UserError(
             f"`mathforge {name}` cannot be imported ({err}); install mathforge with scripts/install.sh"
         ) from None
+
+
+def stage_option(stage: str, recipe: dict, key: str):
+    """A step recipe's value of ``key``, else the default of that option of the stage."""
+    if key in recipe:
+        return recipe[key]
+    for option in (f for t in stage_types(stage, recipe) for f in dataclasses.fields(t) if f.name == key):
+        return option.default if option.default is not dataclasses.MISSING else option.default_factory()
+    raise KeyError(f"{key} is no option of `mathforge {CLI_NAMES.get(stage, stage)}`")
 
 
 def _stage_types(stage: str, recipe: dict) -> list[type]:
