@@ -31,7 +31,9 @@ better / within noise / worse), RL before/after against its goal, and which of t
 (:mod:`mathforge.evolve_report`).
 
 **Errors.** A bad config (no model, unknown stage or key, missing recipe) or a round that produced no
-data stops the run with one line naming the round and the step; finished steps stay finished.
+data stops the run with one line naming the round and the step; finished steps stay finished. Every step
+recipe is checked, before anything runs, against the option dataclasses its stage parses (:func:`stage_types`);
+a stage that cannot be imported stops the run there too.
 """
 
 from __future__ import annotations
