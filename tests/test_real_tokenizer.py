@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def qwen_model(tmp_path_factory):
-    """Built here (~3-6 min on 2 cores), or the folder MATHFORGE_QWEN_MODEL names (`mathforge tiny-model
+    """Built here (~3-6 min on 2 cores; then kept in mathforge's cache), or the folder MATHFORGE_QWEN_MODEL names (`mathforge tiny-model
     --tokenizer qwen2.5 --size mini --pretrain_steps 150 --output DIR`)."""
-    from mathforge.tiny_model import build
+    from mathforge.tiny_model import DEFAULT_CACHE, build
 
     if os.environ.get("MATHFORGE_QWEN_MODEL"):
         return Path(os.environ["MATHFORGE_QWEN_MODEL"])
     out = tmp_path_factory.mktemp("qwen") / "mini"
-    return build(out, size="mini", tokenizer="qwen2.5", pretrain_steps=150, seed=0)
+    return build(out, size="mini", tokenizer="qwen2.5", pretrain_steps=150, seed=0, cache_dir=DEFAULT_CACHE)
 
 
 @pytest.fixture(scope="module")

@@ -149,13 +149,30 @@ def test_deterministic_for_a_seed(tmp_path, model_dir):
 def test_pretraining_changes_weights_deterministically(tmp_path, model_dir):
     """A few pretraining steps (both phases: random repeats, then toy lookups) change the weights, the
     same way for the same seed; the tokenizer is untouched."""
-    args = ["--seed", "0", "--pretrain_steps", "4", "--pretrain_batch_size", "4"]
+    args = ["--seed", "0", "--pretrain_steps", "4", "--pretrain_batch_size", "4", "--cache_dir", ""]
     for name in ("a", "b"):
         assert cli_main(["tiny-model", "--output", str(tmp_path / name), *args]) == 0
     a, b, untrained = _hashes(tmp_path / "a"), _hashes(tmp_path / "b"), _hashes(model_dir)
     assert a == b
     assert a["model.safetensors"] != untrained["model.safetensors"]
     assert a["tokenizer.json"] == untrained["tokenizer.json"]
+
+
+def test_a_pretrained_model_is_cached_by_its_options(tmp_path, capsys):
+    """The second build with the same options is copied from the cache, file for file what a build without the
+    cache writes; other options miss the cache."""
+    cache = tmp_path / "cache"
+    args = ["--pretrain_steps", "3", "--pretrain_batch_size", "4", "--cache_dir", str(cache)]
+    assert cli_main(["tiny-model", "--output", str(tmp_path / "first"), "--seed", "0", *args]) == 0
+    assert "copy-pretrained 3 steps" in capsys.readouterr().out
+    assert cli_main(["tiny-model", "--output", str(tmp_path / "again"), "--seed", "0", *args]) == 0
+    assert "copied the tiny model built with these options from" in capsys.readouterr().out
+    fresh = ["--pretrain_steps", "3", "--pretrain_batch_size", "4", "--cache_dir", ""]
+    assert cli_main(["tiny-model", "--output", str(tmp_path / "fresh"), "--seed", "0", *fresh]) == 0
+    assert _hashes(tmp_path / "again") == _hashes(tmp_path / "first") == _hashes(tmp_path / "fresh")
+    assert cli_main(["tiny-model", "--output", str(tmp_path / "other"), "--seed", "1", *args]) == 0
+    assert "copy-pretrained 3 steps" in capsys.readouterr().out
+    assert len(list(cache.iterdir())) == 2
 
 
 def test_copy_tasks_are_well_formed(tokenizer):

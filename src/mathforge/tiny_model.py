@@ -68,6 +68,7 @@ PRETRAIN_RANDOM_SHARE = 2 / 3  # of the pretraining steps on random-token repeat
 PRETRAIN_TOY_SHARE = 0.8  # of the sequences of the later steps that are toy lookups (the rest: repeats)
 
 TOKENIZERS = ("toy", "qwen2.5")
+DEFAULT_CACHE = str(Path(os.environ.get("MATHFORGE_CACHE", "~/.cache/mathforge")) / "tiny-models")
 
 # hidden, layers, attention heads, key/value heads, MLP width
 SIZES = {
@@ -149,6 +150,15 @@ class TinyModelConfig:
         },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
+    cache_dir: str = field(
+        default=DEFAULT_CACHE,
+        metadata={
+            "help": "A pretrained model is kept here, keyed by these options, the builder's source and the "
+            "torch/transformers/tokenizers versions, and copied from here when built again with the same "
+            "key (the demo's base model: minutes -> a second). Empty: no cache. Default "
+            "$MATHFORGE_CACHE/tiny-models, else ~/.cache/mathforge/tiny-models."
+        },
+    )
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:
@@ -458,6 +468,45 @@ def copy_accuracy(model, tokenizer, rng, n: int = 64) -> float:
     return ((pred == target) & mask).sum().item() / mask.sum().item()
 
 
+def cache_key(options: dict) -> str:
+    """The options, the source of the modules that build the model and the versions of the libraries that
+    write it: the same key gives the same files (the build is seeded), a change to any of them a new key."""
+    import hashlib
+    import importlib.metadata
+    import importlib.util
+
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    for module in (
+        "mathforge.tiny_model",
+        "mathforge.qwen_tokenizer",
+        "mathforge.data.toy",
+        "mathforge.steps",
+    ):
+        digest.update(Path(importlib.util.find_spec(module).origin).read_bytes())
+    for package in ("torch", "transformers", "tokenizers", "safetensors"):
+        digest.update(importlib.metadata.version(package).encode())
+    return f"{options['size']}-{options['tokenizer']}-{digest.hexdigest()[:16]}"
+
+
+def _install(out: Path, write) -> None:
+    """``write(tmp)`` fills a temporary folder beside ``out``, which then replaces ``out`` in one rename, so a
+    killed build leaves no half-written model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        write(tmp)
+        if out.exists():  # only when overwriting: move the old one aside, then swap
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def build(
     output: str | os.PathLike,
     size: str = "tiny",
@@ -470,13 +519,25 @@ def build(
     pretrain_batch_size: int = 32,
     pretrain_learning_rate: float = 3e-3,
     tokenizer: str = "toy",
+    cache_dir: str | None = None,
 ) -> Path:
     """Build and save the model + tokenizer to ``output`` (via a temp folder renamed into place);
-    ``pretrain_steps`` > 0 runs :func:`pretrain` first (the CLI's default does, this function's not)."""
+    ``pretrain_steps`` > 0 runs :func:`pretrain` first (the CLI's default does, this function's not).
+    ``cache_dir``: where a pretrained model is kept and found again (:func:`cache_key`); None: no cache."""
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"output {out} exists and is not empty; pass --overwrite true to replace it")
     start = time.perf_counter()
+    options = dict(
+        size=size, seed=seed, vocab_size=vocab_size, corpus_size=corpus_size, tokenizer=tokenizer,
+        max_position_embeddings=max_position_embeddings, pretrain_steps=pretrain_steps,
+        pretrain_batch_size=pretrain_batch_size, pretrain_learning_rate=pretrain_learning_rate,
+    )  # fmt: skip
+    cached = Path(cache_dir).expanduser() / cache_key(options) if cache_dir and pretrain_steps > 0 else None
+    if cached is not None and (cached / "model.safetensors").is_file():
+        _install(out, lambda tmp: shutil.copytree(cached, tmp, dirs_exist_ok=True))
+        print(f"copied the {size} model built with these options from {cached} to {out}")
+        return out
     if tokenizer == "qwen2.5":
         from mathforge import qwen_tokenizer
 
@@ -496,21 +557,17 @@ def build(
             f", copy-pretrained {pretrain_steps} steps in {stats['seconds']:.0f}s "
             f"(held-out copy accuracy {stats['copy_accuracy']:.2f})"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():  # only when overwriting: move the old one aside, then swap
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _install(out, save)
+    if cached is not None:
+        try:  # another process may be storing the same key: either copy will do
+            _install(cached, lambda tmp: shutil.copytree(out, tmp, dirs_exist_ok=True))
+        except OSError as e:
+            print(f"could not keep the model in the cache {cached.parent}: {e}")
     megabytes = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(
         f"built {size} Qwen2 model in {out}: {model.num_parameters() / 1e6:.2f}M parameters, "
@@ -535,6 +592,7 @@ def main(argv: list[str] | None = None) -> Path:
         config.pretrain_batch_size,
         config.pretrain_learning_rate,
         config.tokenizer,
+        config.cache_dir or None,
     )
 
 
