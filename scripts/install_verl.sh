@@ -19,6 +19,10 @@ $PIP install "verl[$VERL_EXTRA]==0.9.1"
 # mathforge's light parts (steps, grader, executor) and what they import; not torch/trl/vllm from our pins.
 $PIP install --no-deps -e .
 $PIP install "math-verify>=0.8" "sympy>=1.13" "numpy>=1.26" "pyyaml>=6.0" "pyarrow>=19" "pytest>=8"
+# Hydra (verl's config system) pins antlr4-python3-runtime 4.9, with which math-verify's LaTeX parser misreads
+# answers such as `50\%`: the grader's workers import the 4.13.2 runtime from here instead (mathforge.grader).
+$PIP install --upgrade --target "$VENV/grader-antlr" "antlr4-python3-runtime==4.13.2"
 # The ppm reward term loads the PPM with mathforge.ppm, which imports TRL (it keeps transformers 5.9 here).
 $PIP install "trl>=1.16,<1.17"
+"$VENV/bin/python" -c "from mathforge.grader import grade; assert grade(r'\\boxed{50\\%}', '50'), 'the grader misreads 50\\% here'"
 "$VENV/bin/python" -c "import verl, torch, transformers, transfer_queue, mathforge.verl.reward; print('verl environment ready:', 'verl', verl.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"

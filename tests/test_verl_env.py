@@ -207,3 +207,18 @@ def test_verl_reward_manager_with_the_ppm_term(tiny_model, tokenizer, tmp_path):
     assert info["reward_error"] == 0.0 and info["acc"] == 1.0
     assert -1.0 <= info["ppm"] <= 1.0 and info["ppm"] != 0.0
     assert info["score"] == pytest.approx(1.0 + info["ppm"])
+
+
+def test_the_grader_reads_percent_answers_despite_hydras_antlr():
+    """Hydra pins antlr4 4.9 here, with which math-verify read `50\\%` as something else than 50 (a correct percent
+    answer scored 0); the grader's workers import the 4.13.2 runtime installed beside this environment."""
+    from importlib.metadata import version
+
+    from mathforge.grader import Grader, worker_path
+    from mathforge.verl.reward import compute_score
+
+    assert version("antlr4-python3-runtime").startswith("4.9") and worker_path() is not None
+    with Grader(timeout=10) as grader:
+        assert grader.grade(r"The answer is \boxed{50\%}", "50") is True
+    solution = SOLUTION.replace("\\boxed{42}", "\\boxed{50\\%}")
+    assert compute_score("toy", solution, "50")["acc"] == 1.0

@@ -95,7 +95,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 from multiprocessing.connection import Connection
 from typing import NamedTuple
 
@@ -108,6 +108,8 @@ __all__ = [
     "final_answer",
     "grade",
 ]
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------
 # Extraction
@@ -683,6 +685,41 @@ def _parse(value: str) -> list:
 # ---------------------------------------------------------------------------------------------------
 
 _READY, _TIMED_OUT, _DIED = "ready", "timed out", "died"
+ANTLR_RUNTIME = "4.13.2"  # the antlr4 runtime math-verify's LaTeX parser is generated for
+ANTLR_BESIDE = (
+    "grader-antlr"  # <environment>/grader-antlr: that runtime, for an environment pinned to another
+)
+
+
+def _antlr_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("antlr4-python3-runtime")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@cache
+def _warn_antlr() -> None:
+    logger.warning(
+        "antlr4-python3-runtime %s is installed, and math-verify's LaTeX parser needs %s: some answers "
+        "(e.g. 50\\%%) will be misread; `pip install --target %s antlr4-python3-runtime==%s` fixes it",
+        _antlr_version(), ANTLR_RUNTIME, os.path.join(sys.prefix, ANTLR_BESIDE), ANTLR_RUNTIME,
+    )  # fmt: skip
+
+
+def worker_path() -> str | None:
+    """A folder the workers import first, or None: ``$MATHFORGE_GRADER_PATH``; else, where this environment's
+    antlr4 runtime is not 4.13.2, the 4.13.2 runtime installed in ``<sys.prefix>/grader-antlr`` if there is one.
+    Hydra pins antlr4 4.9 (so verl's environment has it), and with 4.9 math-verify misreads LaTeX such as
+    ``50\\%``; ``scripts/install_verl.sh`` installs the right runtime beside that environment."""
+    if os.environ.get("MATHFORGE_GRADER_PATH"):
+        return os.environ["MATHFORGE_GRADER_PATH"]
+    beside = os.path.join(sys.prefix, ANTLR_BESIDE)
+    return beside if _antlr_version() != ANTLR_RUNTIME and os.path.isdir(beside) else None
+
+
 _STARTUP_SECONDS = 120.0  # importing sympy on a loaded machine
 _GRACE_SECONDS = 1.0  # after the soft deadline, before the worker is killed
 
@@ -738,8 +775,14 @@ def _kill(proc: subprocess.Popen, conn: Connection) -> None:
 class _Worker:
     """One math-verify subprocess (tasks: "grade" answers, "extract" one). One that overruns is killed."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         ours, theirs = socket.socketpair()
+        env = None
+        if path:
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")])),
+            }
         with theirs:
             # -P: the script's folder (src/mathforge) must not shadow top-level modules.
             self.proc = subprocess.Popen(
@@ -747,6 +790,7 @@ class _Worker:
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                env=env,
             )
         self._conn = Connection(ours.detach())
         self._ready = False
@@ -814,6 +858,9 @@ class Grader:
         self._cache: OrderedDict[tuple[str | None, str], bool | None] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._hits = self._misses = 0
+        self._path = worker_path()
+        if self._path is None and _antlr_version() != ANTLR_RUNTIME:
+            _warn_antlr()
         self._start_pool()
 
     def grade(self, prediction: str, gold: str, extraction: str = "strict") -> bool | None:
@@ -922,12 +969,12 @@ class Grader:
                 try:
                     worker = self._idle.get_nowait()
                 except queue.Empty:
-                    worker = _Worker()
+                    worker = _Worker(self._path)
                 try:
                     result = worker.ask(task, payload, self.timeout)
                 finally:
                     # A dead worker is replaced now, so the next call finds it (nearly) started.
-                    self._idle.put(worker if worker.alive else _Worker())
+                    self._idle.put(worker if worker.alive else _Worker(self._path))
             if result != _DIED:
                 break
         return result
