@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mathforge import cli
+from mathforge.eval import EvalConfig, evaluate, main
 from mathforge.eval.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 from mathforge.eval.metrics import benchmark_metrics, majority_correct, pass_at_k
-from mathforge.evaluate import EvalConfig, evaluate, main
 
 # --- metrics on fixtures ----------------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ def test_vllm_bf16_engine_survives_a_short_first_prompt(tiny_model):
 def test_vllm_evaluation_of_the_tiny_model(tiny_model, benchmarks, tmp_path):
     """The default backend, for real: 8 MATH-500 + 8 GSM8K problems, step format, executor in the loop."""
     from mathforge.data.loading import DataArguments
-    from mathforge.evaluate import generate_samples
+    from mathforge.eval.run import generate_samples
     from mathforge.executor import Executor
     from mathforge.generation import load_generator
     from mathforge.grader import Grader

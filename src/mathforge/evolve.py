@@ -66,7 +66,7 @@ MODULES = {
     "search": "mathforge.search.mcts",
     "extract": "mathforge.search.extract",
     "ppm": "mathforge.ppm",
-    "eval": "mathforge.evaluate",
+    "eval": "mathforge.eval",
     "rl": "mathforge.rl",
 }
 CLI_NAMES = {"tiny_model": "tiny-model", "toy_data": "data toy"}  # `mathforge <name>` where not the stage
@@ -623,7 +623,7 @@ OPTIONS = {
     "search": ["mathforge.search.mcts:SearchConfig", "mathforge.data.loading:DataArguments"],
     "extract": ["mathforge.search.extract:ExtractConfig"],
     "ppm": ["mathforge.ppm:PPMScriptArguments", "trl:RewardConfig", "trl:ModelConfig"],
-    "eval": ["mathforge.evaluate:EvalConfig", "mathforge.data.loading:DataArguments"],
+    "eval": ["mathforge.eval:EvalConfig", "mathforge.data.loading:DataArguments"],
     "rl": [
         "mathforge.rl:RLScriptArguments",
         "mathforge.rewards:RewardArguments",

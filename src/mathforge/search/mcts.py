@@ -687,17 +687,13 @@ class TreeWriter:
 def load_ppm(path: str, device: str | None = None, backend: str = "transformers", **vllm_kwargs) -> Scorer:
     """The PPM as a scorer: transformers on ``device`` (None: cuda when available, else cpu), or a vLLM
     pooling engine (``backend="vllm"``, ``vllm_kwargs`` for :class:`mathforge.ppm.VLLMPPMScorer`)."""
-    try:
-        from mathforge.ppm import load_scorer
-    except ImportError as err:
-        raise UserError(f"ppm_path is set but the PPM module is not available ({err})") from None
+    from mathforge.ppm import VLLMPPMScorer, load_scorer
+
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
     if backend not in ("transformers", "vllm"):
         raise UserError(f"unknown ppm_backend '{backend}' (choose from: transformers, vllm)")
     if backend == "vllm":
-        from mathforge.ppm import VLLMPPMScorer
-
         return VLLMPPMScorer(path, **vllm_kwargs)
     return load_scorer(path, device=device)
 

@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mathforge.cluster import launched_shard
@@ -33,7 +33,7 @@ from mathforge.config import parse_config, to_dict
 from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
-from mathforge.eval.parallel import run_data_parallel, run_launched_shard
+from mathforge.eval.parallel import launched_part, merge_if_complete, run_data_parallel
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, extraction_for, extraction_policies, score_predictions
 from mathforge.generation import DTYPE_HELP
@@ -239,7 +239,7 @@ def _solve(prompts: list[str], generator, executor, scorer, grader, config: Eval
         seed=config.seed,
     )
     if config.search != "none":
-        answers = _search(prompts, generator, executor, scorer, grader, config)
+        answers = _search(prompts, generator, executor, scorer, grader, replace(sampling, seed=None), config)
         return [
             [{"completion": a.completion or "", "graded": a.answer or "", "tokens": a.tokens, "end": None}]
             for a in answers
@@ -269,27 +269,27 @@ def _solve(prompts: list[str], generator, executor, scorer, grader, config: Eval
     ]
 
 
-def _search(prompts, generator, executor, scorer, grader, config: EvalConfig):
-    try:
-        from mathforge.search import inference
-    except ImportError as err:  # the search module is optional in a partial checkout
-        raise UserError(f"--search {config.search} is not available yet ({err})") from None
-    common = dict(
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens,
-        max_steps=config.max_steps,
-        max_code_errors=config.max_code_errors,
-    )
-    if config.search == "majority":
-        return inference.majority_vote(
-            prompts, generator, executor, n=config.search_n, grader=grader, **common
-        )
-    if config.search == "best_of_n":
-        return inference.best_of_n(prompts, generator, executor, scorer, n=config.search_n, **common)
+def _search(prompts, generator, executor, scorer, grader, sampling, config: EvalConfig):
+    """One answer per prompt from the inference-time search ``config.search``."""
+    from mathforge.rollout import rollout
+    from mathforge.search import inference
+
+    sampling = replace(sampling, n=config.beam_samples if config.search == "beam" else config.search_n)
+    if config.search in ("majority", "best_of_n"):
+        groups = rollout(prompts, generator, executor, sampling, config.max_steps, config.max_code_errors)
+        if config.search == "majority":
+            return inference.majority_vote(groups, grader)
+        return inference.best_of_n(prompts, groups, scorer)
     if config.search == "beam":
         return inference.step_beam_search(
-            prompts, generator, executor, scorer, beams=config.beams, samples=config.beam_samples, **common
+            prompts,
+            generator,
+            executor,
+            scorer,
+            sampling,
+            config.beams,
+            config.max_steps,
+            config.max_code_errors,
         )
     from mathforge.search.mcts import SearchConfig
 
@@ -457,7 +457,8 @@ def evaluate(
     if config.predictions:
         samples, info = score_predictions(config, data)
     elif shard.world_size > 1 and generator is None:  # one of N copies under accelerate launch
-        merged = run_launched_shard(config, data, shard, evaluate)
+        evaluate(launched_part(config, shard), data)  # launched_part cleared the launcher's variables
+        merged = merge_if_complete(config.output_dir, shard.world_size)
         if merged is None:
             return {"shard": shard.rank, "merged_by_another_copy": True}
         samples, info = merged
@@ -503,9 +504,3 @@ def main(argv: list[str] | None = None) -> dict | str:
             f"wrote {config.output_dir}/results.md, results.json, samples.jsonl and plots ({results['seconds']:.0f}s)"
         )
     return results
-
-
-if __name__ == "__main__":
-    from mathforge.cli import run_main
-
-    sys.exit(run_main(main, sys.argv[1:], "mathforge eval"))
