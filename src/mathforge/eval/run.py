@@ -41,6 +41,16 @@ from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
 SEARCH_MODES = ("none", "majority", "best_of_n", "beam", "mcts")
+# EvalConfig fields passed on to the vLLM generator as they are
+VLLM_OPTIONS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "kv_cache_gib",
+    "enforce_eager",
+    "max_num_seqs",
+    "seed",
+)
 COT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -312,20 +322,8 @@ def build_generator(config: EvalConfig):
 
     if not config.model_name_or_path:
         raise UserError("no model: set model_name_or_path (or score completions with --predictions)")
-    if config.backend == "vllm":
-        kwargs = dict(
-            dtype=config.dtype,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-            kv_cache_gib=config.kv_cache_gib,
-            enforce_eager=config.enforce_eager,
-            max_num_seqs=config.max_num_seqs,
-            seed=config.seed,
-        )
-    else:
-        kwargs = dict(dtype=config.dtype)
-    return load_generator(config.backend, config.model_name_or_path, **kwargs)
+    vllm = {name: getattr(config, name) for name in VLLM_OPTIONS} if config.backend == "vllm" else {}
+    return load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **vllm)
 
 
 def generate_samples(
@@ -346,15 +344,9 @@ def generate_samples(
     generator = generator or build_generator(config)
     scorer = None
     if config.search in ("best_of_n", "beam", "mcts"):
-        from mathforge.search.mcts import load_ppm
+        from mathforge.search.mcts import ppm_of
 
-        scorer = load_ppm(
-            config.ppm_path,
-            device=config.ppm_device,
-            backend=config.ppm_backend,
-            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-        )
+        scorer = ppm_of(config)
     own_executor = executor is None and config.prompt_format == "steps"
     if own_executor:
         executor = Executor(

@@ -698,6 +698,20 @@ def load_ppm(path: str, device: str | None = None, backend: str = "transformers"
     return load_scorer(path, device=device)
 
 
+def ppm_of(config) -> Scorer | None:
+    """The PPM a search or evaluation config names (its ``ppm_path``, ``ppm_device``, ``ppm_backend``,
+    ``ppm_gpu_memory_utilization`` and ``max_model_len``), or None when it names none."""
+    if not config.ppm_path:
+        return None
+    return load_ppm(
+        config.ppm_path,
+        device=config.ppm_device,
+        backend=config.ppm_backend,
+        gpu_memory_utilization=config.ppm_gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+    )
+
+
 def _vllm_memory(config: SearchConfig) -> float | None:
     """vLLM's GPU share: the configured one, or room left for a transformers PPM on the same GPU."""
     import torch
@@ -759,14 +773,8 @@ def search(
                 max_model_len=config.max_model_len,
             )
         generator = load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **extra)
-    if scorer is None and config.ppm_path:
-        scorer = load_ppm(
-            config.ppm_path,
-            device=config.ppm_device,
-            backend=config.ppm_backend,
-            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-        )
+    if scorer is None:
+        scorer = ppm_of(config)
     own_executor = executor is None
     if own_executor:
         live = min(1024, max(64, config.batch_problems * config.num_candidates))
