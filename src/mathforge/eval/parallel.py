@@ -20,8 +20,7 @@ from pathlib import Path
 
 from mathforge.config import save_yaml, to_dict
 from mathforge.errors import UserError
-from mathforge.eval.report import load_results
-from mathforge.eval.scoring import read_jsonl
+from mathforge.eval.report import load_results, load_samples
 
 
 def run_data_parallel(config, data) -> tuple[list[dict], dict]:
@@ -100,7 +99,7 @@ def merge_shards(shards_dir: Path, count: int) -> tuple[list[dict], dict]:
     """The samples of shards 0..count-1, in problem order, and {benchmark: (title, seconds)}."""
     samples, info = [], {}
     for i in range(count):
-        samples += read_jsonl(shards_dir / str(i) / "samples.jsonl")
+        samples += load_samples(shards_dir / str(i))  # none when there were fewer problems than copies
         shard = load_results(shards_dir / str(i))
         for name, r in shard["benchmarks"].items():
             title, seconds = info.get(name, (r["title"], 0.0))
