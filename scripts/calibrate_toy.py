@@ -8,7 +8,7 @@ of 4 samples on held-out toy problems, executor in the loop.
         --sft_args --max_steps 200 --learning_rate 2e-3
 
 Every stage is the real command (`mathforge tiny-model`, `mathforge data toy`, `mathforge sft` with
-recipes/tiny/sft/config_toy.yaml, :func:`mathforge.evaluate.evaluate`); their logs go to files in
+recipes/tiny/sft/config_toy.yaml, :func:`mathforge.eval.evaluate`); their logs go to files in
 --out, only the timings and the accuracy table are printed.
 """
 
@@ -54,7 +54,7 @@ def _per_level(samples: list[dict]) -> dict:
 
 def evaluate_policy(policy: Path, data: Path, out: Path, max_problems: int, n: int, temperature: float):
     from mathforge.data.loading import DataArguments
-    from mathforge.evaluate import EvalConfig, evaluate
+    from mathforge.eval import EvalConfig, evaluate
 
     config = EvalConfig(
         model_name_or_path=str(policy),

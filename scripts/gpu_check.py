@@ -228,7 +228,7 @@ def steps_plan(out: Path) -> list[tuple[str, list[str], int, str]]:
             [
                 PY,
                 "-m",
-                "mathforge.evaluate",
+                "mathforge.eval",
                 "--config",
                 str(eval_recipe(out)),
                 "--model_name_or_path",

@@ -53,7 +53,7 @@ def evaluate(model: Path, data: Path, out: Path, n: int, backend: str) -> dict:
             "--max_problems", str(n), "--output_dir", str(out), "--backend", backend, "--temperature", "0",
             "--max_new_tokens", "256", "--progress", "false",
         ]  # fmt: skip
-        run("mathforge.evaluate", args, out.parent / f"{out.name}.log")
+        run("mathforge.eval", args, out.parent / f"{out.name}.log")
     results = json.loads((out / "results.json").read_text())
     return {
         "accuracy": results["accuracy"],

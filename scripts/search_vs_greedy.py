@@ -42,7 +42,7 @@ def ensure_policy(model: Path, data: Path, sft_steps: int) -> None:
 
 def main() -> None:
     from mathforge.data.loading import DataArguments
-    from mathforge.evaluate import EvalConfig, evaluate
+    from mathforge.eval import EvalConfig, evaluate
     from mathforge.generation import load_generator
     from mathforge.search.mcts import SearchConfig, read_trees, search
 

@@ -445,14 +445,14 @@ def test_evolve_launches_search_with_accelerate_and_finds_its_shards(tmp_path):
 
 @pytest.mark.slow
 def test_launched_evaluation_shards_by_global_rank_and_merges(tiny_model, problems, tmp_path):
-    """`accelerate launch -m mathforge.evaluate` on 2 processes: each copy its own problems (by global rank),
+    """`accelerate launch -m mathforge.eval` on 2 processes: each copy its own problems (by global rank),
     the last to finish merges; the merged samples are the problems a one-process run evaluates, once each."""
     out = tmp_path / "eval"
     args = ["--model_name_or_path", str(tiny_model), "--dataset_name", str(problems), "--max_problems", "6",
             "--backend", "transformers", "--prompt_format", "cot", "--max_new_tokens", "8", "--n", "1",
             "--output_dir", str(out)]  # fmt: skip
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs/cpu_2proc.yaml"), "-m", "mathforge.evaluate", *args]  # fmt: skip
+           str(REPO / "accelerate_configs/cpu_2proc.yaml"), "-m", "mathforge.eval", *args]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     shard_ids = [

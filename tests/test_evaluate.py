@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mathforge import cli
+from mathforge.eval import EvalConfig, evaluate, main
 from mathforge.eval.benchmarks import BENCHMARKS, get_benchmark, load_benchmark
 from mathforge.eval.metrics import benchmark_metrics, majority_correct, pass_at_k
-from mathforge.evaluate import EvalConfig, evaluate, main
 
 # --- metrics on fixtures ----------------------------------------------------------------------------------
 
@@ -237,6 +237,22 @@ def test_paired_difference_only_counts_problems_both_runs_scored():
     assert p["delta"] == pytest.approx(100 * (0.5 - 1 + 1) / 3)
 
 
+def test_shards_merge_in_problem_order_and_a_copy_may_have_no_problems(tmp_path):
+    """Fewer problems than copies: a copy without problems writes an empty samples.jsonl; the merge takes it."""
+    from mathforge.eval.parallel import merge_shards
+    from mathforge.eval.run import write_samples
+
+    shards = tmp_path / "shards"
+    parts = [[{"benchmark": "t", "id": i, "index": i, "sample": 0} for i in (2, 0)], []]
+    for i, part in enumerate(parts):
+        write_samples(part, shards / str(i))
+        results = {"benchmarks": {"t": {"title": "T", "seconds": 1.0 + i}}}
+        (shards / str(i) / "results.json").write_text(json.dumps(results))
+    samples, info = merge_shards(shards, 2)
+    assert [s["id"] for s in samples] == [0, 2]
+    assert info == {"t": ("T", 2.0)}  # copies run side by side: the slowest one's time
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -339,7 +355,7 @@ def test_vllm_bf16_engine_survives_a_short_first_prompt(tiny_model):
 def test_vllm_evaluation_of_the_tiny_model(tiny_model, benchmarks, tmp_path):
     """The default backend, for real: 8 MATH-500 + 8 GSM8K problems, step format, executor in the loop."""
     from mathforge.data.loading import DataArguments
-    from mathforge.evaluate import generate_samples
+    from mathforge.eval.run import generate_samples
     from mathforge.executor import Executor
     from mathforge.generation import load_generator
     from mathforge.grader import Grader

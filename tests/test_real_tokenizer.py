@@ -164,18 +164,16 @@ def test_every_caller_writes_the_same_text(generators, tokenizer, executor, prob
     finished = [t for t in trajectories if t.end == "answer"]
     assert finished, "no sampled solution reached an answer"
     replay, zero = Replay(recorder), (lambda texts: [0.0] * len(texts))
-    shape = dict(temperature=1.0, max_new_tokens=96, max_steps=8)
     encoder = StepRollout(RLScriptArguments(), tokenizer, max_completion_length=4096)
     checked = 0
     for traj in finished[:4]:
         prompt = [traj.prompt]
         ids, _ = encoder.encode(traj)
+        groups = rollout(prompt, replay, executor, sampling, max_steps=8)
         texts = {
-            "rollout": rollout(prompt, replay, executor, sampling, max_steps=8)[0][0].completion,
-            "best_of_n": inference.best_of_n(prompt, replay, executor, zero, n=1, **shape)[0].completion,
-            "beam": inference.step_beam_search(prompt, replay, executor, zero, beams=1, samples=1, **shape)[
-                0
-            ].completion,
+            "rollout": groups[0][0].completion,
+            "best_of_n": inference.best_of_n(prompt, groups, zero)[0].completion,
+            "beam": inference.step_beam_search(prompt, replay, executor, zero, sampling, 1, 8)[0].completion,
             "mcts": inference.mcts(
                 prompt, replay, executor, zero, SearchConfig(num_rollouts=1, num_candidates=1, max_depth=8)
             )[0].completion,
@@ -183,7 +181,7 @@ def test_every_caller_writes_the_same_text(generators, tokenizer, executor, prob
         }
         assert set(texts.values()) == {traj.completion}, texts
         # majority vote picks among readable final answers only (none: no answer, by its rule)
-        voted = inference.majority_vote(prompt, replay, executor, n=1, **shape)[0].completion
+        voted = inference.majority_vote(groups)[0].completion
         assert voted == (traj.completion if extract_answer(traj.answer) is not None else None)
         checked += 1
     assert checked > 0

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "data": ("mathforge.data.cli", "make datasets: `data toy` writes the synthetic toy task"),
     "sft": ("mathforge.sft", "supervised fine-tuning with TRL's SFTTrainer (accelerate-launchable)"),
-    "eval": ("mathforge.evaluate", "benchmarks (MATH-500, GSM8K...): pass@k, maj@k, token budgets, compare"),
+    "eval": ("mathforge.eval", "benchmarks (MATH-500, GSM8K...): pass@k, maj@k, token budgets, compare"),
     "search": ("mathforge.search.mcts", "MCTS data synthesis: one tree per problem, JSONL, resumable"),
     "extract": ("mathforge.search.extract", "SFT set, PPM pairs and value targets from search trees"),
     "ppm": ("mathforge.ppm", "process preference model with TRL's RewardTrainer (accelerate-launchable)"),

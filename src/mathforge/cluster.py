@@ -119,11 +119,8 @@ def outside_zero_init():
     the same forward calls. A scorer called on each rank's own rollouts must have whole weights. The
     switch is transformers' own: its DeepSpeed config reference, unset while the block runs (accelerate's
     ``zero3_init_context_manager(enable=False)`` re-sets the same stage-3 config in accelerate 1.16)."""
-    try:
-        import transformers.integrations.deepspeed as hf_deepspeed
-    except ImportError:  # no deepspeed integration: zero.Init cannot be on
-        yield
-        return
+    import transformers.integrations.deepspeed as hf_deepspeed
+
     ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
     config = ref() if ref is not None else None
     if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():

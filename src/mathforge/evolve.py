@@ -68,7 +68,7 @@ MODULES = {
     "search": "mathforge.search.mcts",
     "extract": "mathforge.search.extract",
     "ppm": "mathforge.ppm",
-    "eval": "mathforge.evaluate",
+    "eval": "mathforge.eval",
     "rl": "mathforge.rl",
 }
 CLI_NAMES = {"tiny_model": "tiny-model", "toy_data": "data toy"}  # `mathforge <name>` where not the stage
@@ -659,7 +659,7 @@ def _stage_types(stage: str, recipe: dict) -> list[type]:
         return [ExtractConfig]
     if stage == "eval":
         from mathforge.data.loading import DataArguments
-        from mathforge.evaluate import EvalConfig
+        from mathforge.eval import EvalConfig
 
         return [EvalConfig, DataArguments]
     if stage == "sft":

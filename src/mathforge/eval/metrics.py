@@ -39,23 +39,31 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - fail
 
 
+def plurality(keys: list) -> tuple[int, int] | None:
+    """The majority rule: (index of the first sample of the most frequent key, its count); ties go to the
+    key seen first, None keys do not vote. None when no key votes."""
+    counts: dict = {}
+    first: dict = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+            first.setdefault(key, i)
+    if not counts:
+        return None
+    winner = max(counts, key=counts.__getitem__)  # the first key with the most votes
+    return first[winner], counts[winner]
+
+
 def majority_correct(samples: list[dict], k: int) -> bool:
     """Whether the majority answer among the first ``k`` samples of one problem is correct."""
-    votes: dict[str, int] = {}
-    first_seen: dict[str, int] = {}
-    for i, s in enumerate(samples[:k]):
+    keys = []
+    for s in samples[:k]:
         if s["correct"] is True:
-            key = "\0correct"  # every correct answer equals the gold, so they are one group
-        elif s.get("extracted"):
-            key = "".join(str(s["extracted"]).split())
-        else:
-            continue  # no answer, no vote
-        votes[key] = votes.get(key, 0) + 1
-        first_seen.setdefault(key, i)
-    if not votes:
-        return False
-    winner = max(votes, key=lambda key: (votes[key], -first_seen[key]))
-    return winner == "\0correct"
+            keys.append("\0correct")  # every correct answer equals the gold, so they are one group
+        else:  # a wrong answer groups by its text, spaces removed; no answer, no vote
+            keys.append("".join(str(s["extracted"]).split()) if s.get("extracted") else None)
+    winner = plurality(keys)
+    return winner is not None and samples[winner[0]]["correct"] is True
 
 
 def default_ks(n: int) -> list[int]:
@@ -148,4 +156,5 @@ __all__ = [
     "group_by_problem",
     "majority_correct",
     "pass_at_k",
+    "plurality",
 ]

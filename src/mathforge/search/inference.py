@@ -1,9 +1,9 @@
 """Inference-time search: more compute per problem than one greedy solution, one answer out.
 
-Every function takes chat prompts (``steps.chat_prompt``), a generator and an executor (and a
-``scorer(texts) -> values``, e.g. the PPM's ``load_scorer``), batches the work of all problems into
-shared generator/executor calls through the one step loop of :mod:`mathforge.rollout`, and returns one
-:class:`SearchAnswer` per prompt:
+Every function works on chat prompts (``steps.chat_prompt``), with a ``scorer(texts) -> values`` (e.g. the
+PPM's ``load_scorer``) where it needs one, batches the work of all problems into shared generator/executor
+calls through the one step loop of :mod:`mathforge.rollout`, and returns one :class:`SearchAnswer` per
+prompt. Majority vote and best-of-N choose among solutions sampled by :func:`mathforge.rollout.rollout`:
 
 * :func:`mcts`: the search of :mod:`.mcts` without a gold answer: a finished solution's value is the
   scorer's score of the whole text, new steps start from their PPM score; the answer of the
@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mathforge import steps
+from mathforge.eval.metrics import plurality
 from mathforge.generation import SamplingConfig
-from mathforge.rollout import Trajectory, expand, rollout, start
+from mathforge.rollout import Trajectory, expand, start
 from mathforge.search.mcts import Scorer, SearchConfig, Tree, run_search, score_answers
 
 
@@ -36,60 +37,29 @@ class SearchAnswer:
     """Tokens generated for this problem, all candidates counted."""
 
 
-def group_answers(answers: list[str | None], weights: list[float] | None = None, grader=None) -> list[list]:
-    """``[first index, total weight]`` per distinct final answer, in order of appearance. Answers group
-    by their final answer (the ``\\boxed{}`` content, spaces ignored) and, with a ``grader``, also by
-    equivalence (``\\frac{1}{2}`` = ``0.5``). None answers are left out."""
+def vote(answers: list[str | None], grader=None) -> tuple[int, int] | None:
+    """The majority rule (:func:`mathforge.eval.metrics.plurality`) over final answers: (index of the first
+    answer of the winning group, its votes), or None when no answer has a final answer. Answers group by
+    their final answer (the ``\\boxed{}`` content, spaces ignored) and, with a ``grader``, also by
+    equivalence (``\\frac{1}{2}`` = ``0.5``)."""
     from mathforge.grader import extract_answer
 
-    groups: list[list] = []  # [key, first index, total weight]
-    for i, text in enumerate(answers):
+    keys: list[str | None] = []
+    for text in answers:
         key = extract_answer(text) if text is not None else None
-        if key is None:
-            continue
-        key = "".join(key.split())
-        weight = 1.0 if weights is None else float(weights[i])
-        group = next((g for g in groups if g[0] == key), None)
-        if group is None and grader is not None:
-            group = next((g for g in groups if grader.grade(key, g[0]) is True), None)
-        if group is None:
-            groups.append([key, i, weight])
-        else:
-            group[2] += weight
-    return [g[1:] for g in groups]
+        if key is not None:
+            key = "".join(key.split())
+            if grader is not None and key not in keys:  # the first earlier group it equals, if any
+                groups = (k for k in dict.fromkeys(keys) if k is not None)
+                key = next((k for k in groups if grader.grade(key, k) is True), key)
+        keys.append(key)
+    return plurality(keys)
 
 
-def vote(
-    answers: list[str | None], weights: list[float] | None = None, grader=None
-) -> tuple[int, float] | None:
-    """The majority rule: (index of the first answer of the group with the most weight, that group's weight);
-    ties go to the group seen first. None when no answer has a final answer."""
-    groups = group_answers(answers, weights, grader)
-    return tuple(max(groups, key=lambda g: (g[1], -g[0]))) if groups else None
-
-
-def _sample(prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors):
-    """N complete solutions per prompt, executor in the loop (shared by majority vote and best-of-N)."""
-    sampling = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    return rollout(prompts, generator, executor, sampling, max_steps, max_code_errors)
-
-
-def majority_vote(
-    prompts: list[str],
-    generator,
-    executor,
-    n: int = 8,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    max_steps: int = 16,
-    max_code_errors: int = 2,
-    grader=None,
-) -> list[SearchAnswer]:
+def majority_vote(groups: list[list[Trajectory]], grader=None) -> list[SearchAnswer]:
+    """Per problem, of its sampled solutions (:func:`mathforge.rollout.rollout`), the one with the most
+    frequent final answer (:func:`vote`); its score is the vote share."""
     out = []
-    groups = _sample(
-        prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors
-    )
     for group in groups:
         tokens = sum(t.num_tokens for t in group)
         winner = vote([t.answer for t in group], grader=grader)
@@ -101,21 +71,9 @@ def majority_vote(
     return out
 
 
-def best_of_n(
-    prompts: list[str],
-    generator,
-    executor,
-    scorer: Scorer,
-    n: int = 8,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    max_steps: int = 16,
-    max_code_errors: int = 2,
-) -> list[SearchAnswer]:
-    groups = _sample(
-        prompts, generator, executor, n, temperature, top_p, max_new_tokens, max_steps, max_code_errors
-    )
+def best_of_n(prompts: list[str], groups: list[list[Trajectory]], scorer: Scorer) -> list[SearchAnswer]:
+    """Per prompt, of its sampled solutions (:func:`mathforge.rollout.rollout`), the finished one the
+    scorer rates highest."""
     finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
     scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
     best: dict[int, tuple[float, object]] = {}
@@ -138,15 +96,13 @@ def step_beam_search(
     generator,
     executor,
     scorer: Scorer,
+    sampling: SamplingConfig,
     beams: int = 3,
-    samples: int = 4,
-    temperature: float = 0.7,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
     max_steps: int = 16,
     max_code_errors: int = 2,
 ) -> list[SearchAnswer]:
-    sampling = SamplingConfig(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    """Step-level beam search: ``beams`` (B1) beams per prompt, ``sampling.n`` (B2) next steps sampled from
+    each; every child is scored and the top B1 of a problem go on (see the module docstring)."""
     active = [[root] for root in start(prompts, generator.tokenizer)]
     finished: list[list[Trajectory]] = [[] for _ in prompts]
     problem = {id(group[0]): i for i, group in enumerate(active)}

@@ -687,19 +687,29 @@ class TreeWriter:
 def load_ppm(path: str, device: str | None = None, backend: str = "transformers", **vllm_kwargs) -> Scorer:
     """The PPM as a scorer: transformers on ``device`` (None: cuda when available, else cpu), or a vLLM
     pooling engine (``backend="vllm"``, ``vllm_kwargs`` for :class:`mathforge.ppm.VLLMPPMScorer`)."""
-    try:
-        from mathforge.ppm import load_scorer
-    except ImportError as err:
-        raise UserError(f"ppm_path is set but the PPM module is not available ({err})") from None
+    from mathforge.ppm import VLLMPPMScorer, load_scorer
+
     if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
     if backend not in ("transformers", "vllm"):
         raise UserError(f"unknown ppm_backend '{backend}' (choose from: transformers, vllm)")
     if backend == "vllm":
-        from mathforge.ppm import VLLMPPMScorer
-
         return VLLMPPMScorer(path, **vllm_kwargs)
     return load_scorer(path, device=device)
+
+
+def ppm_of(config) -> Scorer | None:
+    """The PPM a search or evaluation config names (its ``ppm_path``, ``ppm_device``, ``ppm_backend``,
+    ``ppm_gpu_memory_utilization`` and ``max_model_len``), or None when it names none."""
+    if not config.ppm_path:
+        return None
+    return load_ppm(
+        config.ppm_path,
+        device=config.ppm_device,
+        backend=config.ppm_backend,
+        gpu_memory_utilization=config.ppm_gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+    )
 
 
 def _vllm_memory(config: SearchConfig) -> float | None:
@@ -763,14 +773,8 @@ def search(
                 max_model_len=config.max_model_len,
             )
         generator = load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **extra)
-    if scorer is None and config.ppm_path:
-        scorer = load_ppm(
-            config.ppm_path,
-            device=config.ppm_device,
-            backend=config.ppm_backend,
-            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-        )
+    if scorer is None:
+        scorer = ppm_of(config)
     own_executor = executor is None
     if own_executor:
         live = min(1024, max(64, config.batch_problems * config.num_candidates))

@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mathforge.cluster import launched_shard
@@ -33,7 +33,7 @@ from mathforge.config import parse_config, to_dict
 from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
-from mathforge.eval.parallel import run_data_parallel, run_launched_shard
+from mathforge.eval.parallel import launched_part, merge_if_complete, run_data_parallel
 from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, extraction_for, extraction_policies, score_predictions
 from mathforge.generation import DTYPE_HELP
@@ -41,6 +41,16 @@ from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
 SEARCH_MODES = ("none", "majority", "best_of_n", "beam", "mcts")
+# EvalConfig fields passed on to the vLLM generator as they are
+VLLM_OPTIONS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "kv_cache_gib",
+    "enforce_eager",
+    "max_num_seqs",
+    "seed",
+)
 COT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -239,7 +249,7 @@ def _solve(prompts: list[str], generator, executor, scorer, grader, config: Eval
         seed=config.seed,
     )
     if config.search != "none":
-        answers = _search(prompts, generator, executor, scorer, grader, config)
+        answers = _search(prompts, generator, executor, scorer, grader, replace(sampling, seed=None), config)
         return [
             [{"completion": a.completion or "", "graded": a.answer or "", "tokens": a.tokens, "end": None}]
             for a in answers
@@ -269,27 +279,27 @@ def _solve(prompts: list[str], generator, executor, scorer, grader, config: Eval
     ]
 
 
-def _search(prompts, generator, executor, scorer, grader, config: EvalConfig):
-    try:
-        from mathforge.search import inference
-    except ImportError as err:  # the search module is optional in a partial checkout
-        raise UserError(f"--search {config.search} is not available yet ({err})") from None
-    common = dict(
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens,
-        max_steps=config.max_steps,
-        max_code_errors=config.max_code_errors,
-    )
-    if config.search == "majority":
-        return inference.majority_vote(
-            prompts, generator, executor, n=config.search_n, grader=grader, **common
-        )
-    if config.search == "best_of_n":
-        return inference.best_of_n(prompts, generator, executor, scorer, n=config.search_n, **common)
+def _search(prompts, generator, executor, scorer, grader, sampling, config: EvalConfig):
+    """One answer per prompt from the inference-time search ``config.search``."""
+    from mathforge.rollout import rollout
+    from mathforge.search import inference
+
+    sampling = replace(sampling, n=config.beam_samples if config.search == "beam" else config.search_n)
+    if config.search in ("majority", "best_of_n"):
+        groups = rollout(prompts, generator, executor, sampling, config.max_steps, config.max_code_errors)
+        if config.search == "majority":
+            return inference.majority_vote(groups, grader)
+        return inference.best_of_n(prompts, groups, scorer)
     if config.search == "beam":
         return inference.step_beam_search(
-            prompts, generator, executor, scorer, beams=config.beams, samples=config.beam_samples, **common
+            prompts,
+            generator,
+            executor,
+            scorer,
+            sampling,
+            config.beams,
+            config.max_steps,
+            config.max_code_errors,
         )
     from mathforge.search.mcts import SearchConfig
 
@@ -312,20 +322,8 @@ def build_generator(config: EvalConfig):
 
     if not config.model_name_or_path:
         raise UserError("no model: set model_name_or_path (or score completions with --predictions)")
-    if config.backend == "vllm":
-        kwargs = dict(
-            dtype=config.dtype,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-            kv_cache_gib=config.kv_cache_gib,
-            enforce_eager=config.enforce_eager,
-            max_num_seqs=config.max_num_seqs,
-            seed=config.seed,
-        )
-    else:
-        kwargs = dict(dtype=config.dtype)
-    return load_generator(config.backend, config.model_name_or_path, **kwargs)
+    vllm = {name: getattr(config, name) for name in VLLM_OPTIONS} if config.backend == "vllm" else {}
+    return load_generator(config.backend, config.model_name_or_path, dtype=config.dtype, **vllm)
 
 
 def generate_samples(
@@ -346,15 +344,9 @@ def generate_samples(
     generator = generator or build_generator(config)
     scorer = None
     if config.search in ("best_of_n", "beam", "mcts"):
-        from mathforge.search.mcts import load_ppm
+        from mathforge.search.mcts import ppm_of
 
-        scorer = load_ppm(
-            config.ppm_path,
-            device=config.ppm_device,
-            backend=config.ppm_backend,
-            gpu_memory_utilization=config.ppm_gpu_memory_utilization,
-            max_model_len=config.max_model_len,
-        )
+        scorer = ppm_of(config)
     own_executor = executor is None and config.prompt_format == "steps"
     if own_executor:
         executor = Executor(
@@ -457,7 +449,8 @@ def evaluate(
     if config.predictions:
         samples, info = score_predictions(config, data)
     elif shard.world_size > 1 and generator is None:  # one of N copies under accelerate launch
-        merged = run_launched_shard(config, data, shard, evaluate)
+        evaluate(launched_part(config, shard), data)  # launched_part cleared the launcher's variables
+        merged = merge_if_complete(config.output_dir, shard.world_size)
         if merged is None:
             return {"shard": shard.rank, "merged_by_another_copy": True}
         samples, info = merged
@@ -503,9 +496,3 @@ def main(argv: list[str] | None = None) -> dict | str:
             f"wrote {config.output_dir}/results.md, results.json, samples.jsonl and plots ({results['seconds']:.0f}s)"
         )
     return results
-
-
-if __name__ == "__main__":
-    from mathforge.cli import run_main
-
-    sys.exit(run_main(main, sys.argv[1:], "mathforge eval"))
