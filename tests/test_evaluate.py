@@ -398,6 +398,13 @@ def test_vllm_evaluation_of_the_tiny_model(tiny_model, benchmarks, tmp_path):
         outs = generator.generate(many, SamplingConfig(n=2, temperature=0.7, max_new_tokens=4, seed=0))
         assert len(outs) == 64 and all(len(group) == 2 for group in outs)
 
+        # Two prompts with the same text in one seeded call (two solutions that agree so far) are sampled
+        # independently, and the same seed repeats them.
+        same = SamplingConfig(n=1, temperature=1.0, max_new_tokens=16, seed=0)
+        first, second = (generator.generate(["twin prompt"] * 2, same) for _ in range(2))
+        assert first[0][0].token_ids != first[1][0].token_ids
+        assert [g[0].token_ids for g in first] == [g[0].token_ids for g in second]
+
         # The chat template, greedy; and an inference-time search: majority vote over 2 solutions.
         r = evaluate(EvalConfig(**base | {"prompt_format": "chat", "n": 1, "temperature": 0.0}), **run)
         assert r["problems"] == 16 and r["benchmarks"]["math500"]["n"] == 1

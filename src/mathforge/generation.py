@@ -268,6 +268,12 @@ class VLLMGenerator:
         # empty "length" completion instead (a long step-format solution can outgrow the context).
         ids = prompt_ids(self.tokenizer, prompts)
         fits = [i for i, tokens in enumerate(ids) if len(tokens) < self.max_model_len]
+        if sampling.seed is not None:
+            # One seed per prompt: with one seed for all, two prompts with the same text (two solutions that
+            # agree so far, continued by the step loop) would be sampled identically.
+            params = [params.clone() for _ in fits]
+            for i, p in zip(fits, params):
+                p.seed = sampling.seed + i
         outputs = (
             self.llm.generate([{"prompt_token_ids": ids[i]} for i in fits], params, use_tqdm=False)
             if fits
