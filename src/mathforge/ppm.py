@@ -256,15 +256,8 @@ def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_ar
     if trainer.accelerator.is_main_process:
         Path(training_args.output_dir, "ppm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         trainer.accelerator.print(f"held-out: {metrics}" if metrics else "no held-out set: no metrics")
-    finish_training(
-        trainer,
-        [script_args, model_args, training_args],
-        dataset_name=script_args.dataset_name,
-        tags=["mathforge", "ppm"],
-        resumed_from=resume,
-        push=push,
-        also_saved=("ppm_metrics.json",),
-    )
+    configs = [script_args, model_args, training_args]
+    finish_training(trainer, configs, ["ppm"], resume, push, also_saved=["ppm_metrics.json"])
     return trainer
 
 

@@ -471,14 +471,8 @@ def train(
     finally:
         if rollout is not None:
             rollout.close()
-    finish_training(
-        trainer,
-        [script_args, reward_args, model_args, training_args],
-        dataset_name=script_args.dataset_name,
-        tags=["mathforge", "rl", script_args.algorithm],
-        resumed_from=resume,
-        push=push,
-    )
+    configs = [script_args, reward_args, model_args, training_args]
+    finish_training(trainer, configs, ["rl", script_args.algorithm], resume, push)
     return trainer
 
 

@@ -148,14 +148,7 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
         peft_config=get_peft_config(model_args),
     )
     resume = train_resuming(trainer)
-    finish_training(
-        trainer,
-        [script_args, model_args, training_args],
-        dataset_name=script_args.dataset_name,
-        tags=["mathforge", "sft"],
-        resumed_from=resume,
-        push=push,
-    )
+    finish_training(trainer, [script_args, model_args, training_args], ["sft"], resume, push)
     return trainer
 
 

@@ -136,20 +136,15 @@ def write_rank_report(trainer, output_dir: str, resumed_from: str | None = None)
 
 
 def finish_training(
-    trainer,
-    configs: list,
-    *,
-    dataset_name: str,
-    tags: list[str],
-    resumed_from: str | None,
-    push=None,
-    also_saved: tuple[str, ...] = (),
+    trainer, configs: list, tags: list[str], resumed_from: str | None, push=None, also_saved=()
 ) -> None:
     """The end of every training stage, on every rank: save the model and tokenizer to ``output_dir`` and
     write this rank's report (``ranks/rank_<i>.json``); on the main process write ``recipe.yaml`` (every
-    option of ``configs``, resolved) and TRL's model card (``README.md``, with ``dataset_name`` and ``tags``),
-    say so, and publish with ``push`` (from :func:`hub_push`; None: no push); then end the trackers.
+    option of ``configs``, resolved: the stage's script arguments first, whose ``dataset_name`` goes on the
+    card) and TRL's model card (``README.md``, tagged "mathforge" and ``tags``), say so, and publish with
+    ``push`` (from :func:`hub_push`; None: no push); then end the trackers.
 
+    resumed_from: the checkpoint training resumed from (:func:`train_resuming`), for the rank report.
     also_saved: other files the stage wrote to ``output_dir``, named in the message.
     """
     args = trainer.args
@@ -159,7 +154,7 @@ def finish_training(
         if push is not None:
             args.push_to_hub = True  # the recipe records the option as given (hub_push turned it off)
         save_yaml(to_dict(*configs), Path(args.output_dir) / "recipe.yaml")
-        trainer.create_model_card(dataset_name=dataset_name, tags=tags)
+        trainer.create_model_card(dataset_name=configs[0].dataset_name, tags=["mathforge", *tags])
         saved = ", ".join(["recipe.yaml", *also_saved])
         trainer.accelerator.print(f"saved model, tokenizer, {saved} and README.md to {args.output_dir}")
         if push is not None:
