@@ -70,8 +70,8 @@ def gold_answer(value) -> str:
 
 def local_data_file(name: str, split: str) -> Path | None:
     """The file a local dataset name reads (:func:`mathforge.config.is_local`): the file itself, or
-    ``<split>.jsonl``/``.json``/``.parquet`` in a folder; None for a Hub id. One-line errors for a missing,
-    unsupported or absent file."""
+    ``<split>.jsonl``/``.json``/``.parquet`` in a folder; None for a Hub id. One-line errors for a missing or
+    unsupported file and for a folder without that split."""
     if not is_local(name):
         return None
     path = Path(resolve(name))

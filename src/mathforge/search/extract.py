@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mathforge import steps
-from mathforge.config import parse_config
+from mathforge.config import parse_config, resolve
 from mathforge.errors import UserError
 from mathforge.search.mcts import WRONG_REASONS, node_text, read_trees, tree_files
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(model))
     except OSError as err:
         raise UserError(f"could not load the tokenizer of {model}: {str(err).splitlines()[0]}") from None
     sets, stats = extract(trees, tokenizer, config)
