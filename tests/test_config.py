@@ -63,3 +63,37 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path):
     out = run_cli("sft", "--config", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and "config file not found" in out.stderr
     assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_one_rule_says_local_path_or_hub_id(tmp_path, monkeypatch):
+    from mathforge.config import DATA_FILE_SUFFIXES, is_local, resolve
+    from mathforge.data.loading import BUILDERS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gsm8k").mkdir()  # a folder named like a Hub id is what is read
+    (tmp_path / "owner" / "model").mkdir(parents=True)
+    hub = ["Qwen/Qwen2.5-Math-1.5B", "openai/gsm8k", "gpt2", "runs/sft"]
+    local = ["./sft", "/abs/model", "~/models/x", "runs/tiny/sft", "pairs.jsonl", "gsm8k", "owner/model"]
+    assert [is_local(n) for n in hub] == [False] * len(hub)
+    assert [is_local(n) for n in local] == [True] * len(local)
+    assert tuple(BUILDERS) == DATA_FILE_SUFFIXES  # every suffix the rule calls local can be read
+    # ~ is expanded, a Hub id passes through unchanged
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve("~/owner/model") == str(tmp_path / "owner" / "model")
+    assert resolve("Qwen/Qwen2.5-Math-1.5B", "model folder") == "Qwen/Qwen2.5-Math-1.5B"
+    # a local path that does not exist is an error only when the caller names what it is for
+    assert resolve("runs/tiny/none") == "runs/tiny/none"
+    with pytest.raises(UserError, match="model folder not found: ~/none"):
+        resolve("~/none", "model folder")
+
+
+def test_saved_recipe_never_holds_a_token():
+    from mathforge.config import to_dict
+
+    @dataclass
+    class Hub:
+        hub_token: str | None = None
+        eos_token: str | None = "<|im_end|>"
+
+    assert to_dict(Hub(hub_token="hf_secret")) == {"hub_token": "<HUB_TOKEN>", "eos_token": "<|im_end|>"}
+    assert to_dict(Hub()) == {"hub_token": None, "eos_token": "<|im_end|>"}

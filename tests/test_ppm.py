@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_hub import fake_hub, files_in
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -163,6 +164,27 @@ def test_resume_continues_from_last_checkpoint(trained, micro_model, pairs):
     logged = [h["step"] for h in state["log_history"] if "loss" in h]
     assert state["global_step"] == STEPS + 4 and STEPS + 2 in logged and STEPS + 4 in logged
     assert json.loads((trained / "ppm_metrics.json").read_text())["eval_pairs"] == 16
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_ppm_with_its_card(micro_model, pairs, tmp_path, monkeypatch):
+    """push_to_hub: the PPM reaches the (faked) Hub through mathforge.push, its held-out accuracy on the card."""
+    from huggingface_hub import ModelCard
+
+    from mathforge.ppm import main
+
+    hub = fake_hub(monkeypatch, tmp_path)
+    main(ppm_args(micro_model, pairs, tmp_path / "run", "--dataset_test_split", "test", "--max_steps", "2",
+                  "--max_eval_samples", "8", "--push_to_hub", "true", "--hub_model_id", "me/micro-ppm",
+                  "--hub_token", "hf_fake", "--hub_private_repo", "false"))  # fmt: skip
+    assert hub.calls[0] == ("create_repo", "me/micro-ppm", "model", False) and len(hub.calls) == 2
+    uploaded = hub.uploaded("me/micro-ppm")
+    assert {"model.safetensors", "ppm_metrics.json", "README.md", "recipes/recipe.yaml"} <= files_in(uploaded)
+    card = ModelCard.load(uploaded / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and "ppm" in card.data.tags
+    accuracy = json.loads((uploaded / "ppm_metrics.json").read_text())["eval_pairwise_accuracy"]
+    (result,) = card.data.eval_results
+    assert result.metric_name == "pairwise accuracy" and result.metric_value == round(100 * accuracy, 2)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 huggingface_hub's card classes; one-line errors without a token or network.
 
 The models and data are the real outputs of a micro `mathforge evolve` run (evolve_helpers.py). The Hub
-is the only thing faked, in one test (`FakeHub`), to check that a push uploads the dry-run folder.
+is the only thing faked (`fake_hub`), to check that a push uploads the dry-run folder.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from evolve_helpers import REPO, finished_run
+from fake_hub import fake_hub, files_in
 
 from mathforge.errors import UserError
 from mathforge.push import main as push
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.slow  # the micro evolve run takes a few minutes the fi
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return finished_run(tmp_path_factory.getbasetemp() / "micro-evolve")  # shared with test_evolve.py
-
-
-def files_in(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
 def test_policy_dry_run_folder_and_card(run, tmp_path):
@@ -166,27 +163,8 @@ def test_no_token_and_no_network_are_one_line_errors(run, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "could not push to me/micro-policy" in done.stderr
 
 
-class FakeHub:
-    """Stands in for huggingface_hub.HfApi (the one faked part): records what would be uploaded."""
-
-    calls: list = []
-
-    def __init__(self, token=None):
-        self.token = token
-
-    def create_repo(self, repo_id, repo_type=None, private=None, exist_ok=False):
-        FakeHub.calls.append(("create_repo", repo_id, repo_type, private))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
-        FakeHub.calls.append(("upload_folder", repo_id, repo_type, files_in(Path(folder_path))))
-
-
 def test_push_uploads_exactly_the_dry_run_folder(run, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
-    FakeHub.calls = []
+    hub = fake_hub(monkeypatch, tmp_path)
     dry = push(
         [
             "--dataset_dir",
@@ -201,5 +179,5 @@ def test_push_uploads_exactly_the_dry_run_folder(run, tmp_path, monkeypatch):
         ["--dataset_dir", str(run / "round_1/extract"), "--repo_id", "me/micro-data", "--token", "hf_fake"]
     )
     assert url == "https://huggingface.co/me/micro-data"
-    assert FakeHub.calls[0] == ("create_repo", "me/micro-data", "dataset", True)
-    assert FakeHub.calls[1] == ("upload_folder", "me/micro-data", "dataset", files_in(dry))
+    assert hub.calls[0] == ("create_repo", "me/micro-data", "dataset", True)
+    assert hub.calls[1] == ("upload_folder", "me/micro-data", "dataset", files_in(dry))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_hub import fake_hub
 
 from mathforge import steps
 
@@ -113,8 +114,10 @@ def test_resume_continues_from_last_checkpoint(grpo_run, policy, toy_data, capsy
 
 
 @pytest.mark.slow
-def test_rloo_with_step_rollouts(policy, toy_data, tmp_path):
+def test_rloo_with_step_rollouts(policy, toy_data, tmp_path, monkeypatch):
     from mathforge.rl import main
+
+    hub = fake_hub(monkeypatch, tmp_path)  # push_to_hub goes through mathforge.push, checked here too
 
     args = [
         "--algorithm", "rloo", "--model_name_or_path", str(policy), "--dataset_name", str(toy_data),
@@ -123,6 +126,7 @@ def test_rloo_with_step_rollouts(policy, toy_data, tmp_path):
         "--num_generations", "4", "--max_step_tokens", "96", "--max_solution_steps", "8",
         "--max_completion_length", "512", "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none",
         "--gradient_checkpointing", "false", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--push_to_hub", "true", "--hub_model_id", "me/tiny-rloo", "--hub_token", "hf_fake",
     ]  # fmt: skip
     trainer = main(args)
     (log,) = [h for h in trainer.state.log_history if "loss" in h]
@@ -130,6 +134,8 @@ def test_rloo_with_step_rollouts(policy, toy_data, tmp_path):
         log
     )
     assert type(trainer).__name__ == "StepRLOOTrainer" and log["rollout/steps"] > 0
+    assert hub.calls[0] == ("create_repo", "me/tiny-rloo", "model", True)
+    assert {"model.safetensors", "README.md", "recipes/recipe.yaml"} <= hub.calls[1][3]
 
 
 class ScriptedGenerator:

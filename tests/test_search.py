@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_hub import fake_hub
 
 from mathforge import steps
 from mathforge.data.loading import DataArguments
@@ -350,6 +351,33 @@ def test_extract_command_and_trl_trainers(tiny_model, tmp_path):
     )
     assert rm.train().global_step == 2
     assert len(sets["values"]) == 13 and set(sets["values"].column_names) >= {"prompt", "value"}
+
+
+def test_extract_push_to_hub_goes_through_mathforge_push(tiny_model, tmp_path, monkeypatch):
+    """--push_to_hub publishes the output folder as `mathforge push --dataset_dir` does: one configuration per
+    set, with its card; a bad repo id stops before anything is written."""
+    from huggingface_hub import DatasetCard
+
+    from mathforge.errors import UserError
+
+    hub = fake_hub(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")  # extract takes the token from the environment or the login
+    trees = tmp_path / "trees.jsonl"
+    trees.write_text(json.dumps(hand_tree()) + "\n")
+    argv = ["--trees", str(trees), "--model_name_or_path", str(tiny_model), "--private", "false"]
+    with pytest.raises(UserError, match="push_to_hub must be a Hub repo id owner/name"):
+        ex.main([*argv, "--output_dir", str(tmp_path / "bad"), "--push_to_hub", "data"])
+    assert not (tmp_path / "bad").exists() and hub.calls == []
+    ex.main([*argv, "--output_dir", str(tmp_path / "data"), "--push_to_hub", "me/tiny-data"])
+    assert hub.calls[0] == ("create_repo", "me/tiny-data", "dataset", False)
+    uploaded = hub.uploaded("me/tiny-data")
+    assert {f"{k}/train.jsonl" for k in ex.KINDS} | {"stats.json", "README.md"} == hub.calls[1][3]
+    for kind in ex.KINDS:
+        assert (uploaded / kind / "train.jsonl").read_text() == (
+            tmp_path / "data" / kind / "train.jsonl"
+        ).read_text()
+    card = DatasetCard.load(uploaded / "README.md")
+    assert [c["config_name"] for c in card.data.configs] == list(ex.KINDS)
 
 
 def test_extract_on_real_search_output(searched, policy, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_hub import fake_hub, files_in
 
 from mathforge import steps
 
@@ -107,6 +108,32 @@ def test_two_process_cpu_launch(tiny_model, toy_data, tmp_path):
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
 
 
+@pytest.mark.slow
+def test_push_to_hub_publishes_once_through_mathforge_push(tiny_model, toy_data, tmp_path, monkeypatch):
+    """push_to_hub: the trained model reaches the (faked) Hub once, at the end, with mathforge's card."""
+    from huggingface_hub import ModelCard
+
+    from mathforge.errors import UserError
+    from mathforge.sft import main
+
+    hub = fake_hub(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    push = ["--push_to_hub", "true", "--hub_token", "hf_fake"]
+    with pytest.raises(UserError, match="hub_model_id .* must be a Hub repo id owner/name"):
+        main(sft_args(tiny_model, toy_data, out, *push))  # checked before training: nothing written
+    assert not out.exists() and hub.calls == []
+    main(sft_args(tiny_model, toy_data, out, *push, "--hub_model_id", "me/tiny-policy", "--max_steps", "2",
+                  "--save_steps", "2"))  # fmt: skip
+    assert hub.calls[0] == ("create_repo", "me/tiny-policy", "model", True) and len(hub.calls) == 2
+    uploaded = hub.uploaded("me/tiny-policy")
+    assert {"model.safetensors", "tokenizer.json", "README.md", "recipes/recipe.yaml"} <= files_in(uploaded)
+    assert not any(f.startswith(("checkpoint-", "ranks/")) for f in files_in(uploaded))
+    card = ModelCard.load(uploaded / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and "policy" in card.data.tags
+    recipe = yaml.safe_load((uploaded / "recipes/recipe.yaml").read_text())
+    assert recipe["push_to_hub"] is True and recipe["hub_token"] == "<HUB_TOKEN>"
+
+
 def test_sft_bad_inputs_are_one_line_errors(tmp_path, tiny_model):
     from mathforge.errors import UserError
     from mathforge.sft import main
@@ -121,7 +148,7 @@ def test_sft_bad_inputs_are_one_line_errors(tmp_path, tiny_model):
 
 
 def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
-    from mathforge.sft import last_checkpoint
+    from mathforge.training import last_checkpoint
 
     assert last_checkpoint(str(tmp_path / "missing")) is None
     for step in (100, 200, 300):

@@ -45,6 +45,41 @@ def check_keys(keys, dataclass_types, where: str) -> None:
             raise UserError(f"unknown key '{key}' {where}{hint}")
 
 
+# Suffixes of the data files a dataset name can point to.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def is_local(name: str) -> bool:
+    """Whether a model or dataset name is a local path rather than a Hugging Face Hub id.
+
+    A Hub id is ``name`` or ``owner/name``. A name is local when it exists on disk (``~`` expanded), starts
+    with ``.``, ``/`` or ``~``, has more than one ``/`` (``runs/tiny/sft``), or ends in a data file suffix
+    (.jsonl, .json, .parquet). So ``Qwen/Qwen2.5-Math-1.5B`` and ``gsm8k`` are Hub ids unless a folder of
+    that name exists here, and ``runs/sft``, shaped like ``owner/name``, is local once it exists (write
+    ``./runs/sft`` to mean the folder before it does).
+    """
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or name.endswith(DATA_FILE_SUFFIXES)
+        or os.path.exists(os.path.expanduser(name))
+    )
+
+
+def resolve(name: str, what: str | None = None) -> str:
+    """The name to load: a local path (see :func:`is_local`) with ``~`` expanded, or the Hub id unchanged.
+
+    what: what the name is for the error message (e.g. "model folder"); when given, a local path that does
+    not exist is a :class:`UserError` ``"<what> not found: <name>"``. Default None: no check.
+    """
+    if not is_local(name):
+        return name
+    path = os.path.expanduser(name)
+    if what is not None and not os.path.exists(path):
+        raise UserError(f"{what} not found: {name} (a local path, or a Hub id owner/name)")
+    return path
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe YAML into a dict, with one-line errors for a missing or malformed file."""
     path = Path(path)
@@ -93,12 +128,19 @@ def parse_config(
         raise UserError(message) from None
 
 
+# Options that hold secrets: saved recipes (which `mathforge push` publishes) name them, never their value.
+SECRET_KEYS = ("hub_token",)
+
+
 def to_dict(*configs) -> dict[str, Any]:
-    """The resolved options of one or more config dataclasses, as a YAML-safe dict (for saving the recipe used)."""
+    """The resolved options of one or more config dataclasses, as a YAML-safe dict (for saving the recipe used);
+    a secret (SECRET_KEYS) that is set is written as ``<HUB_TOKEN>``, as transformers does."""
     out: dict[str, Any] = {}
     for config in configs:
         for f in dataclasses.fields(config):
             value = getattr(config, f.name)
+            if f.name in SECRET_KEYS and value is not None:
+                value = f"<{f.name.upper()}>"
             if isinstance(value, enum.Enum):  # TRL/transformers options such as lr_scheduler_type
                 value = value.value
             if isinstance(value, (str, int, float, bool, type(None), list, dict)):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mathforge.eval.report import fmt, load_samples, paired, save_png, write_atomic
+from mathforge.eval.report import format_cell, load_samples, paired, save_figure, write_atomic
 
 # column key, heading (a key with a "_se" twin is shown as value ± s.e.)
 COLUMNS = (
@@ -302,7 +302,7 @@ def claims(rows: list[dict], comparisons: list[dict], rl: dict | None) -> list[d
                 "evidence": "; ".join(
                     f"round {r['round']} {r['ppm_accuracy']:.1f}"
                     + (f" ± {r['ppm_accuracy_se']:.1f}" if r["ppm_accuracy_se"] is not None else "")
-                    + f"% ({fmt(r['ppm_eval_pairs'])} pairs)"
+                    + f"% ({format_cell(r['ppm_eval_pairs'])} pairs)"
                     for r in ppm
                 ),
             }
@@ -326,7 +326,7 @@ def claims(rows: list[dict], comparisons: list[dict], rl: dict | None) -> list[d
 
 def _cell(row: dict, key: str) -> str:
     se = row.get(f"{key}_se")
-    return fmt(row[key]) if se is None or row[key] is None else f"{row[key]:.1f} ± {se:.1f}"
+    return format_cell(row[key]) if se is None or row[key] is None else f"{row[key]:.1f} ± {se:.1f}"
 
 
 def table(rows: list[dict]) -> str:
@@ -343,7 +343,7 @@ def comparison_table(comparisons: list[dict]) -> str:
     ]
     for c in comparisons:
         lines.append(
-            f"| {c['what']} | {fmt(c['accuracy_a'])} | {fmt(c['accuracy_b'])} | {c['delta']:+.1f} ± "
+            f"| {c['what']} | {format_cell(c['accuracy_a'])} | {format_cell(c['accuracy_b'])} | {c['delta']:+.1f} ± "
             f"{c['se']:.1f} | {c['better']} / {c['worse']} | {c['verdict']} |"
         )
     return "\n".join(lines)
@@ -359,7 +359,7 @@ def rl_table(rl: dict) -> str:
         "| | before RL | after RL | change (paired) |",
         "|---|---|---|---|",
         f"| greedy accuracy % | {_cell(before, 'accuracy')} | {_cell(after, 'accuracy')} | {acc_change} |",
-        f"| mean tokens | {fmt(rl['tokens_before'])} | {fmt(rl['tokens_after'])} | {tok_change} |",
+        f"| mean tokens | {format_cell(rl['tokens_before'])} | {format_cell(rl['tokens_after'])} | {tok_change} |",
     ]
     goal = rl_goal(rl)
     if goal is not None:
@@ -383,7 +383,7 @@ def unsolved_lines(rows: list[dict]) -> list[str]:
             f"- round {row['round']}: {u['never_solved']} of its {u['round_problems']} problems never solved by "
             f"the searches of {rounds}; searched again with {u['num_rollouts']} "
             f"rollouts ({u['factor']:g}× the round's): {u['solved']} of {u['searched']} solved; round "
-            f"{row['round']} coverage {fmt(u['coverage_before'])}% → {fmt(u['coverage_after'])}%"
+            f"{row['round']} coverage {format_cell(u['coverage_before'])}% → {format_cell(u['coverage_after'])}%"
         )
     return out
 
@@ -406,7 +406,7 @@ def markdown(data: dict, plan) -> str:
         "",
         f"Base model `{plan.base_model}`; {len(c.rounds)} round{'s' * (len(c.rounds) != 1)} of search -> "
         "extraction -> SFT -> PPM -> "
-        f"evaluation{' then RL' if c.rl_recipe else ''}. Evaluation: {fmt(eval_n)} held-out problems, "
+        f"evaluation{' then RL' if c.rl_recipe else ''}. Evaluation: {format_cell(eval_n)} held-out problems, "
         "accuracy = pass@1 in %, tokens = mean generated tokens of a greedy solution. Round 0 is the "
         "bootstrap policy (no search, no PPM). ± is one standard error; every comparison is paired per "
         "problem on the same held-out problems: **better** means a difference above 2 s.e., **worse** below "
@@ -431,7 +431,7 @@ def markdown(data: dict, plan) -> str:
     out += [
         "- `round_<k>/<step>/`: each step's outputs, `step_recipe.yaml` (its full recipe), "
         "`step_command.sh` and `step.log`",
-        f"- total step time {fmt(data['minutes'])} minutes (`timings.json`)",
+        f"- total step time {format_cell(data['minutes'])} minutes (`timings.json`)",
     ]
     return "\n".join(out) + "\n"
 
@@ -483,7 +483,7 @@ def plot_rounds(rows: list[dict], comparisons: list[dict], path: Path) -> None:
     ax3.set_ylabel("rows")
     if ax3.get_legend_handles_labels()[0]:
         ax3.legend(fontsize=8)
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rl(rl: dict, path: Path) -> None:
@@ -511,7 +511,7 @@ def plot_rl(rl: dict, path: Path) -> None:
         )
         axis.bar_label(bars, fmt="%.1f", fontsize=8, label_type="center")
         axis.set_ylabel(label)
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(run_dir: Path, plan) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mathforge.config import resolve
 from mathforge.errors import UserError
 
 # help of the `dtype` option of every command that loads a generator
@@ -336,6 +337,4 @@ def load_generator(backend: str, model: str, **kwargs):
     """Build a generation backend by name ("vllm" or "transformers")."""
     if backend not in BACKENDS:
         raise UserError(f"unknown generation backend '{backend}' (choose from: {', '.join(BACKENDS)})")
-    if model and not os.path.exists(model) and model.startswith((".", "/")):
-        raise UserError(f"model folder not found: {model}")
-    return BACKENDS[backend](model, **kwargs)
+    return BACKENDS[backend](resolve(model, "model folder") if model else model, **kwargs)

@@ -40,9 +40,10 @@ from pathlib import Path
 
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from mathforge.config import parse_config, save_yaml, to_dict
+from mathforge.config import parse_config, resolve
+from mathforge.data.loading import read_dataset
 from mathforge.errors import UserError
-from mathforge.sft import _read, last_checkpoint, write_rank_report
+from mathforge.training import DatasetArguments, finish_training, hub_push, setup_model, train_resuming
 from mathforge.trl_compat import RewardTrainerWithRows
 
 OBJECTIVES = ("pairwise", "value")
@@ -50,21 +51,12 @@ REQUIRED = {"pairwise": ("prompt", "chosen", "rejected"), "value": ("prompt", "v
 
 
 @dataclass
-class PPMScriptArguments:
-    """What to train on; the hyper-parameters are TRL's `RewardConfig`, the model TRL's `ModelConfig`."""
+class PPMScriptArguments(DatasetArguments):
+    """What to train on: preference pairs (or value targets) from `mathforge extract` (the dataset fields are
+    TRL's `ScriptArguments`, see :class:`~mathforge.training.DatasetArguments`; without ``dataset_test_split``,
+    ``eval_fraction`` of the train split is held out); the hyper-parameters are TRL's `RewardConfig`, the
+    model TRL's `ModelConfig`."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference pairs (or value targets): Hub id, or a local .jsonl/.parquet file or folder."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str | None = field(
-        default=None,
-        metadata={"help": "Held-out split; if unset, eval_fraction of the train split is held out."},
-    )
     eval_fraction: float = field(
         default=0.05,
         metadata={
@@ -83,6 +75,7 @@ class PPMScriptArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not '{self.objective}'")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -126,16 +119,7 @@ def _check_columns(dataset, objective: str, source: str) -> None:
 def load_split(args: PPMScriptArguments, split: str):
     """One split of the dataset, checked for the objective's columns (one-line errors)."""
     name = args.dataset_name
-    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise UserError(f"dataset not found: {name} (give a local file or folder, or a Hub id owner/name)")
-    try:
-        dataset = _read(name, args.dataset_config, split)
-    except UserError:
-        raise
-    except Exception as err:  # Hub errors, malformed JSON lines
-        raise UserError(
-            f"could not load dataset '{name}' split '{split}': {str(err).splitlines()[0]}"
-        ) from None
+    dataset = read_dataset(resolve(name, "dataset"), split, args.dataset_config)
     _check_columns(dataset, args.objective, f"{name} ({split})")
     return dataset
 
@@ -244,24 +228,15 @@ def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_ar
     from transformers import AutoTokenizer
     from trl import get_peft_config
 
-    if not model_args.model_name_or_path:
-        raise UserError("no model: set model_name_or_path to the policy (e.g. the SFT output folder)")
+    model_path = setup_model(model_args, training_args, "to the policy (e.g. the SFT output folder)")
     if not script_args.dataset_name:
         raise UserError(
             "no training data: set dataset_name to the preference pairs (folder with train.jsonl)"
         )
-    model_path = model_args.model_name_or_path
-    if model_path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(model_path)):
-        raise UserError(f"model folder not found: {model_path}")
+    push = hub_push(training_args)
 
     train_set, eval_set = train_eval_sets(script_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
     pairwise = script_args.objective == "pairwise"
     trainer_cls = RewardTrainer if pairwise else ValueTrainer
     extra = {} if pairwise else {"data_collator": _ValueCollator(tokenizer)}
@@ -275,26 +250,14 @@ def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_ar
         preprocess_logits_for_metrics=pair_margins if pairwise else None,
         **extra,
     )
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        trainer.accelerator.print(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    resume = train_resuming(trainer)
 
-    trainer.save_model(training_args.output_dir)
     metrics = held_out_metrics(trainer, pairwise) if eval_set is not None else {}
-    write_rank_report(trainer, training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        out = Path(training_args.output_dir)
-        save_yaml(to_dict(script_args, model_args, training_args), out / "recipe.yaml")
-        (out / "ppm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        trainer.create_model_card(dataset_name=script_args.dataset_name, tags=["mathforge", "ppm"])
+        Path(training_args.output_dir, "ppm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         trainer.accelerator.print(f"held-out: {metrics}" if metrics else "no held-out set: no metrics")
-        trainer.accelerator.print(
-            f"saved model, tokenizer, recipe.yaml, ppm_metrics.json and README.md to {out}"
-        )
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.accelerator.end_training()
+    configs = [script_args, model_args, training_args]
+    finish_training(trainer, configs, ["ppm"], resume, push, also_saved=["ppm_metrics.json"])
     return trainer
 
 
@@ -465,8 +428,7 @@ def load_scorer(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if not os.path.isdir(path) and path.startswith((".", "/", "~")):
-        raise UserError(f"PPM folder not found: {path}")
+    path = resolve(path, "PPM folder")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or "auto")
     if model.config.num_labels != 1:

@@ -18,6 +18,10 @@ The card says what each set holds and how it was made.
 
 ``--dry_run DIR`` writes exactly the folder that would be uploaded and nothing else. Without a token
 (``hf auth login`` or ``HF_TOKEN``) or without network the command stops with one line, not a traceback.
+
+:func:`publish` is the one way mathforge writes to the Hub: this command, the end of `mathforge sft`/`ppm`/`rl`
+training with ``push_to_hub: true`` (:func:`mathforge.training.hub_push`), and `mathforge extract
+--push_to_hub` all call it, so every repo gets the same folder and card.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from mathforge.config import parse_config
+from mathforge.config import is_local, parse_config, resolve
 from mathforge.errors import UserError
 
 # Files of a saved model that belong on the Hub (checkpoints, logs, rank reports and optimizer state do not).
@@ -89,6 +93,8 @@ class PushConfig:
     def __post_init__(self):
         if (self.model_dir is None) == (self.dataset_dir is None):
             raise ValueError("give exactly one of --model_dir and --dataset_dir")
+        self.model_dir = self.model_dir and os.path.expanduser(self.model_dir)
+        self.dataset_dir = self.dataset_dir and os.path.expanduser(self.dataset_dir)
         if not self.repo_id or not HUB_ID.match(self.repo_id):
             raise ValueError(f"--repo_id must be owner/name, not {self.repo_id!r}")
 
@@ -115,7 +121,7 @@ def _read_yaml(path: Path) -> dict:
 
 def _hub_like(name: str | None) -> bool:
     """A Hub id (owner/name) that is not also a local path."""
-    return bool(name) and HUB_ID.match(name) is not None and not Path(name).exists()
+    return bool(name) and HUB_ID.match(name) is not None and not is_local(name)
 
 
 def _origin(model_dir: Path, seen: int = 0) -> tuple[str | None, list[str]]:
@@ -124,8 +130,8 @@ def _origin(model_dir: Path, seen: int = 0) -> tuple[str | None, list[str]]:
     recipe = _read_yaml(model_dir / "recipe.yaml") or _read_yaml(model_dir / "step_recipe.yaml")
     parent, data = recipe.get("model_name_or_path"), recipe.get("dataset_name")
     datasets = [data] if data else []
-    if parent and Path(parent).is_dir() and seen < 16:
-        base, more = _origin(Path(parent), seen + 1)
+    if parent and is_local(parent) and Path(resolve(parent)).is_dir() and seen < 16:
+        base, more = _origin(Path(resolve(parent)), seen + 1)
         return base, datasets + more
     return (parent if _hub_like(parent) else None), datasets
 
@@ -362,16 +368,18 @@ def dataset_folder(config: PushConfig, out: Path) -> None:
         sets = {src.name if src.name in DATA_SETS else "default": src}
     else:
         sets = {k: src / k for k in DATA_SETS if (src / k / "train.jsonl").is_file()}
+    counts = {}
+    for name, folder in sets.items():
+        with open(folder / "train.jsonl", "rb") as f:
+            counts[name] = sum(1 for line in f if line.strip())
+    sets = {name: folder for name, folder in sets.items() if counts[name]}  # an empty set has no config
     if not sets:
         raise UserError(
             f"no data in {src}: expected train.jsonl, or sft/ pairs/ values/ from `mathforge extract`"
         )
-    counts = {}
+    counts = {name: counts[name] for name in sets}
     for name, folder in sets.items():
-        path = f"{name}/train.jsonl"
-        _place(folder / "train.jsonl", out / path)
-        with open(folder / "train.jsonl", "rb") as f:
-            counts[name] = sum(1 for line in f if line.strip())
+        _place(folder / "train.jsonl", out / f"{name}/train.jsonl")
     stats = json.loads((src / "stats.json").read_text()) if (src / "stats.json").is_file() else {}
     if stats:
         _place(src / "stats.json", out / "stats.json")
@@ -474,8 +482,26 @@ def upload(folder: Path, config: PushConfig, token: str) -> str:
     return str(url)
 
 
-def main(argv: list[str] | None = None) -> Path | str:
-    (config,) = parse_config([PushConfig], argv, prog="mathforge push")
+def push_config(repo_option: str, **options) -> PushConfig:
+    """A :class:`PushConfig` made in code (by the training stages and `mathforge extract`), checked before the
+    work it publishes: a repo id that is not owner/name (named as the caller's option ``repo_option``), a bad
+    option, and a missing token (unless ``dry_run``) are one-line errors now."""
+    repo_id = options.get("repo_id")
+    if not repo_id or not HUB_ID.match(repo_id):
+        raise UserError(f"{repo_option} must be a Hub repo id owner/name, not {repo_id!r}")
+    try:
+        config = PushConfig(**options)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if not config.dry_run:
+        hub_token(config)
+    return config
+
+
+def publish(config: PushConfig) -> Path | str:
+    """Write the upload folder of ``config.model_dir`` (a policy or a PPM) or ``config.dataset_dir`` with its
+    card, and upload it to ``config.repo_id`` in one commit; with ``dry_run`` only write the folder there.
+    Returns the repo URL, or the dry-run folder."""
     src = Path(config.model_dir or config.dataset_dir)
     if not src.is_dir():
         raise UserError(f"folder not found: {src}")
@@ -490,6 +516,11 @@ def main(argv: list[str] | None = None) -> Path | str:
         url = upload(folder, config, token)
     print(f"pushed {src} to {url}")
     return url
+
+
+def main(argv: list[str] | None = None) -> Path | str:
+    (config,) = parse_config([PushConfig], argv, prog="mathforge push")
+    return publish(config)
 
 
 if __name__ == "__main__":

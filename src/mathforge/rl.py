@@ -39,13 +39,12 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
 
 from mathforge import trl_compat
 from mathforge.cluster import for_generation, outside_zero_init
-from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
+from mathforge.config import load_yaml, parse_config
 from mathforge.errors import UserError
 from mathforge.generation import (
     Completion,
@@ -56,8 +55,8 @@ from mathforge.generation import (
     prompt_ids,
 )
 from mathforge.rewards import REWARDS, JudgeError, RewardArguments, build_rewards
-from mathforge.sft import _end_of_turn_token, last_checkpoint, write_rank_report
-from mathforge.steps import MAX_OUTPUT_CHARS
+from mathforge.steps import MAX_OUTPUT_CHARS, end_of_turn_token
+from mathforge.training import DatasetArguments, finish_training, hub_push, setup_model, train_resuming
 
 ALGORITHMS = {"grpo": GRPOConfig, "rloo": RLOOConfig}
 ROLLOUT_FORMATS = ("steps", "text")
@@ -65,14 +64,11 @@ GROUP_REWARDS = ("kimi_length", "ai_feedback compare")
 
 
 @dataclass
-class RLScriptArguments:
-    """Data, algorithm, rewards and rollouts; the hyper-parameters are TRL's `GRPOConfig`/`RLOOConfig`."""
+class RLScriptArguments(DatasetArguments):
+    """Data, algorithm, rewards and rollouts (the dataset fields are TRL's `ScriptArguments`, see
+    :class:`~mathforge.training.DatasetArguments`: problems with gold answers; RL has no held-out split);
+    the hyper-parameters are TRL's `GRPOConfig`/`RLOOConfig`."""
 
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Problems: Hub id, or a local .jsonl/.parquet file or folder."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     problem_column: str | None = field(default=None, metadata={"help": "Question column; default: detected."})
     answer_column: str | None = field(
         default=None, metadata={"help": "Gold answer column; default: detected."}
@@ -103,6 +99,11 @@ class RLScriptArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.dataset_test_split is not None:
+            raise ValueError(
+                "rl evaluates nothing while training: remove dataset_test_split (run mathforge eval)"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
         if self.rollout_format not in ROLLOUT_FORMATS:
@@ -236,7 +237,7 @@ class StepRollout:
 
     def __init__(self, script_args: RLScriptArguments, tokenizer, max_completion_length: int):
         self.args, self.tokenizer, self.max_len = script_args, tokenizer, max_completion_length
-        end_token = _end_of_turn_token(tokenizer) or tokenizer.eos_token
+        end_token = end_of_turn_token(tokenizer) or tokenizer.eos_token
         self.end_id = tokenizer.convert_tokens_to_ids(end_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
         self._executor = None
@@ -384,12 +385,7 @@ def load_train_set(args: RLScriptArguments):
     return dataset.select_columns(["prompt", "answer", "problem", "id"])
 
 
-def _check(script_args: RLScriptArguments, reward_args: RewardArguments, training_args, model_args) -> None:
-    if not model_args.model_name_or_path:
-        raise UserError("no model: set model_name_or_path (the stage-1 policy, e.g. the SFT output folder)")
-    path = model_args.model_name_or_path
-    if path.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(path)):
-        raise UserError(f"model folder not found: {path}")
+def _check(script_args: RLScriptArguments, reward_args: RewardArguments, training_args) -> None:
     if not script_args.dataset_name:
         raise UserError("no training data: set dataset_name (problems with gold answers)")
     names = script_args.reward_funcs
@@ -420,21 +416,16 @@ def train(
     from transformers import AutoTokenizer
     from trl import GRPOTrainer, get_peft_config
 
-    _check(script_args, reward_args, training_args, model_args)
+    model_path = setup_model(model_args, training_args, "(the stage-1 policy, e.g. the SFT output folder)")
+    _check(script_args, reward_args, training_args)
+    push = hub_push(training_args)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
-    model_path = model_args.model_name_or_path
     # left padding: what TRL expects of its processing class, and what batched `generate` needs
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, revision=model_args.model_revision, padding_side="left"
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training_args.model_init_kwargs or {}),
-    }
 
     steps_format = script_args.rollout_format == "steps"
     rollout = (
@@ -475,27 +466,13 @@ def train(
     else:
         trainer = RLOOTrainer(**common)
 
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        trainer.accelerator.print(f"resuming from {resume}")
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        resume = train_resuming(trainer)
     finally:
         if rollout is not None:
             rollout.close()
-
-    trainer.save_model(training_args.output_dir)
-    write_rank_report(trainer, training_args.output_dir, resume)
-    if trainer.accelerator.is_main_process:
-        out = Path(training_args.output_dir)
-        save_yaml(to_dict(script_args, reward_args, model_args, training_args), out / "recipe.yaml")
-        trainer.create_model_card(
-            dataset_name=script_args.dataset_name, tags=["mathforge", "rl", script_args.algorithm]
-        )
-        trainer.accelerator.print(f"saved model, tokenizer, recipe.yaml and README.md to {out}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.accelerator.end_training()
+    configs = [script_args, reward_args, model_args, training_args]
+    finish_training(trainer, configs, ["rl", script_args.algorithm], resume, push)
     return trainer
 
 

@@ -175,3 +175,15 @@ def chat_prompt(tokenizer, problem: str, system_prompt: str | None = None) -> st
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": problem})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# Tokens that chat templates close an assistant turn with (Qwen, Llama 3, Phi-3, DeepSeek-R1).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<｜end▁of▁sentence｜>")
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The token the tokenizer's chat template closes an assistant turn with (None if none is known): what
+    training uses as EOS and generation stops at."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    vocab = tokenizer.get_vocab()
+    return next((t for t in END_OF_TURN_TOKENS if t in template and t in vocab), None)

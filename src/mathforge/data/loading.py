@@ -19,11 +19,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mathforge.config import is_local, resolve
 from mathforge.errors import UserError
 
 PROBLEM_COLUMNS = ("problem", "question", "prompt", "query")
 ANSWER_COLUMNS = ("answer", "final_answer", "gt", "solution", "answer_text")
-_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# The `datasets` builder that reads each of DATA_FILE_SUFFIXES.
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -66,16 +68,43 @@ def gold_answer(value) -> str:
     return text
 
 
-def _resolve_local(path: Path, split: str) -> Path:
+def local_data_file(name: str, split: str) -> Path | None:
+    """The file a local dataset name reads (:func:`mathforge.config.is_local`): the file itself, or
+    ``<split>.jsonl``/``.json``/``.parquet`` in a folder; None for a Hub id. One-line errors for a missing or
+    unsupported file and for a folder without that split."""
+    if not is_local(name):
+        return None
+    path = Path(resolve(name))
     if path.is_dir():
-        for suffix in _LOCAL_SUFFIXES:
+        for suffix in BUILDERS:
             candidate = path / f"{split}{suffix}"
             if candidate.is_file():
                 return candidate
         raise UserError(f"no {split}.jsonl/.json/.parquet in folder {path} (choose another --dataset_split)")
-    if path.suffix not in _LOCAL_SUFFIXES:
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix not in BUILDERS:
         raise UserError(f"unsupported data file {path}: use .jsonl, .json or .parquet")
     return path
+
+
+def read_dataset(name: str, split: str = "train", config: str | None = None):
+    """One split of a dataset as a `datasets.Dataset`: a local file or folder (:func:`local_data_file`), or a
+    Hub dataset (``config``: its configuration name, default None). Unreadable data is a one-line error."""
+    import datasets
+
+    path = local_data_file(name, split)
+    if path is not None:
+        try:
+            return datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
+        except Exception as err:  # malformed JSON lines, unreadable parquet
+            raise UserError(f"could not read {path}: {str(err).splitlines()[0]}") from None
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as err:
+        raise UserError(
+            f"could not load Hub dataset '{name}' split '{split}': {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _split_slice(split: str) -> tuple[str, str | None]:
@@ -98,11 +127,11 @@ def _slice_rows(spec: str, base: str, num_rows: int) -> list[int]:
     return [row for ins in instructions for row in range(ins.from_, ins.to)]
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).suffix in _LOCAL_SUFFIXES or Path(name).exists()
-
-
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+def pick_column(
+    columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str
+) -> str:
+    """The column to read ``what`` (e.g. "problem") from: ``wanted`` if given (it must exist), else the first
+    of ``candidates`` in ``columns``; a one-line error naming ``source`` and the ``--<what>_column`` fix."""
     if wanted is not None:
         if wanted not in columns:
             raise UserError(
@@ -125,28 +154,12 @@ def load_problems(
     max_problems: int | None = None,
 ):
     """Load problems as a `datasets.Dataset` with ``id``, ``problem`` and ``answer`` columns (see module doc)."""
-    import datasets
-
     if not dataset_name:
         raise UserError("no dataset given: set dataset_name to a Hub id or a local .jsonl/.parquet path")
     split, spec = _split_slice(split)
-    if _looks_local(dataset_name):
-        path = _resolve_local(Path(dataset_name).expanduser(), split)
-        if not path.is_file():
-            raise UserError(f"data file not found: {path}")
-        try:
-            ds = datasets.load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
-        except Exception as err:  # malformed JSON lines, unreadable parquet
-            raise UserError(f"could not read {path}: {str(err).splitlines()[0]}") from None
-        stem = path.stem
-    else:
-        try:
-            ds = datasets.load_dataset(dataset_name, dataset_config, split=split)
-        except Exception as err:
-            raise UserError(
-                f"could not load Hub dataset '{dataset_name}' split '{split}': {str(err).splitlines()[0]}"
-            ) from None
-        stem = dataset_name.rsplit("/", 1)[-1]
+    path = local_data_file(dataset_name, split)
+    ds = read_dataset(dataset_name, split, dataset_config)
+    stem = path.stem if path is not None else dataset_name.rsplit("/", 1)[-1]
     # ids count rows of the whole split, whatever part of it is read
     rows = _slice_rows(spec, split, len(ds)) if spec else None
     if max_problems is not None:
@@ -155,8 +168,8 @@ def load_problems(
         ds = ds.select(rows)
 
     source = dataset_name
-    problem_col = _pick(ds.column_names, problem_column, PROBLEM_COLUMNS, "problem", source)
-    answer_col = _pick(ds.column_names, answer_column, ANSWER_COLUMNS, "answer", source)
+    problem_col = pick_column(ds.column_names, problem_column, PROBLEM_COLUMNS, "problem", source)
+    answer_col = pick_column(ds.column_names, answer_column, ANSWER_COLUMNS, "answer", source)
     has_id = "id" in ds.column_names
 
     def standardize(row, index):

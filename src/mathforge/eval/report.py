@@ -20,8 +20,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     tmp.replace(path)
 
 
-def fmt(value) -> str:
-    """A table cell: one decimal for a float, "–" for a missing value."""
+def format_cell(value) -> str:
+    """A table cell: "–" for None, one decimal for a float, else the value as it prints."""
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -46,12 +46,12 @@ def main_table(results: dict) -> list[str]:
         cells = [r.get("title", name), r["problems"], r["n"], r["pass@1"]]
         cells += [r.get("maj@k", {}).get(k), r.get("pass@k", {}).get(k)] if k else []
         cells += [r.get("coverage"), r.get("mean_tokens"), r.get("median_tokens")]
-        lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(format_cell(c) for c in cells) + " |")
     if len(rows) > 1:
         avg = results["average"]
         cells = ["average", "", "", avg["pass@1"]] + (["", ""] if k else [])
         cells += [avg.get("coverage"), avg.get("mean_tokens"), ""]
-        lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(format_cell(c) for c in cells) + " |")
     return lines
 
 
@@ -79,14 +79,14 @@ def markdown(results: dict) -> str:
         ]
         for name, r in with_budget.items():
             values = [r["accuracy_at_budget"].get(b) for b in budgets]
-            out.append(f"| {r.get('title', name)} | " + " | ".join(fmt(v) for v in values) + " |")
+            out.append(f"| {r.get('title', name)} | " + " | ".join(format_cell(v) for v in values) + " |")
     for name, r in rows.items():
         for column in ("subject", "level"):
             if f"by_{column}" in r:
                 out += ["", f"## {r.get('title', name)} by {column}", "", f"| {column} | problems | pass@1 |"]
                 out += ["|---|---|---|"]
                 out += [
-                    f"| {key} | {v['problems']} | {fmt(v['pass@1'])} |"
+                    f"| {key} | {v['problems']} | {format_cell(v['pass@1'])} |"
                     for key, v in r[f"by_{column}"].items()
                 ]
     return "\n".join(out) + "\n"
@@ -116,7 +116,7 @@ def plot_accuracy(results: dict, path: str | os.PathLike) -> None:
     ax.set_ylim(0, 105)
     ax.set_title(str(results.get("model") or "predictions")[-60:], fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_token_budget(results: dict, path: str | os.PathLike) -> None:
@@ -138,11 +138,11 @@ def plot_token_budget(results: dict, path: str | os.PathLike) -> None:
     ax.set_ylim(0, 105)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
-def save_png(fig, path) -> None:
-    """Write a matplotlib figure as a PNG atomically, and close it."""
+def save_figure(fig, path) -> None:
+    """Write a matplotlib figure to ``path`` as PNG (laid out tight, 120 dpi), atomically, and close it."""
     import io
 
     import matplotlib.pyplot as plt
@@ -245,13 +245,13 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B", pairs: dict 
         ta, tb = ra.get("mean_tokens"), rb.get("mean_tokens")
         cells = [
             ra.get("title") or rb.get("title") or name,
-            fmt(ra.get("pass@1")),
-            fmt(rb.get("pass@1")),
+            format_cell(ra.get("pass@1")),
+            format_cell(rb.get("pass@1")),
             delta(ra.get("pass@1"), rb.get("pass@1")),
             maj,
             delta(ra.get("coverage"), rb.get("coverage")),
-            fmt(ta),
-            fmt(tb),
+            format_cell(ta),
+            format_cell(tb),
             delta(ta, tb, relative=True),
         ]
         if pairs is not None:
@@ -265,14 +265,14 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B", pairs: dict 
 
 __all__ = [
     "compare",
-    "fmt",
+    "format_cell",
     "load_samples",
     "paired",
     "load_results",
     "markdown",
     "plot_accuracy",
     "plot_token_budget",
-    "save_png",
+    "save_figure",
     "write_atomic",
     "write_reports",
 ]

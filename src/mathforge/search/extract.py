@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mathforge import steps
-from mathforge.config import parse_config
+from mathforge.config import parse_config, resolve
 from mathforge.errors import UserError
 from mathforge.search.mcts import WRONG_REASONS, node_text, read_trees, tree_files
 
@@ -67,7 +67,10 @@ class ExtractConfig:
     pairs_per_side: int = field(default=2, metadata={"help": "Positives and negatives per node."})
     min_margin: float = field(default=0.5, metadata={"help": "Smallest Q(chosen) - Q(rejected) kept."})
     push_to_hub: str | None = field(
-        default=None, metadata={"help": "Hub dataset repo id to push the sets to."}
+        default=None,
+        metadata={
+            "help": "Hub dataset repo (owner/name) to publish output_dir to, as `mathforge push` does."
+        },
     )
     private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
 
@@ -246,21 +249,19 @@ def write_sets(sets: dict[str, list[dict]], stats: dict, output_dir: str | os.Pa
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
-def push_sets(sets: dict[str, list[dict]], repo_id: str, private: bool = True) -> None:
-    """One Hub dataset repo, one configuration per set (``load_dataset(repo_id, "pairs")``)."""
-    import datasets
-
-    for kind, rows in sets.items():
-        if rows:
-            datasets.Dataset.from_list(rows).push_to_hub(repo_id, config_name=kind, private=private)
-
-
 def main(argv: list[str] | None = None) -> dict:
     (config,) = parse_config([ExtractConfig], argv, prog="mathforge extract")
     if not config.trees:
         raise UserError("no tree files: pass --trees FILE [FILE ...] (written by `mathforge search`)")
     if not config.output_dir:
         raise UserError("no output_dir: set where sft/, pairs/ and values/ go")
+    push = None
+    if config.push_to_hub:  # checked before the work it would publish
+        from mathforge.push import push_config
+
+        push = push_config(
+            "push_to_hub", repo_id=config.push_to_hub, dataset_dir=config.output_dir, private=config.private
+        )
     trees = []
     for path in config.trees:
         files = tree_files(path)  # the file and the shard files a data-parallel search wrote beside it
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(model))
     except OSError as err:
         raise UserError(f"could not load the tokenizer of {model}: {str(err).splitlines()[0]}") from None
     sets, stats = extract(trees, tokenizer, config)
@@ -288,9 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"pairs {stats['pairs']} ({stats['pairs_per_problem']:.2f}/problem, {stats['final_step_pairs']} final-step), "
         f"values {stats['values']} -> {config.output_dir}"
     )
-    if config.push_to_hub:
-        push_sets(sets, config.push_to_hub, config.private)
-        print(f"pushed to https://huggingface.co/datasets/{config.push_to_hub}")
+    if push is not None:
+        from mathforge.push import publish
+
+        publish(push)  # one repo, one configuration per set: load_dataset(repo_id, "pairs")
     return stats
 
 

@@ -78,7 +78,7 @@ from dataclasses import asdict, dataclass, field
 
 from mathforge import steps
 from mathforge.cluster import Shard, start_shard
-from mathforge.config import parse_config
+from mathforge.config import parse_config, resolve
 from mathforge.data.loading import DataArguments, load_from_args
 from mathforge.errors import UserError
 from mathforge.generation import DTYPE_HELP, SamplingConfig
@@ -689,8 +689,7 @@ def load_ppm(path: str, device: str | None = None, backend: str = "transformers"
     pooling engine (``backend="vllm"``, ``vllm_kwargs`` for :class:`mathforge.ppm.VLLMPPMScorer`)."""
     from mathforge.ppm import VLLMPPMScorer, load_scorer
 
-    if not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") != 1):
-        raise UserError(f"PPM folder not found: {path} (a local folder, or a Hub id 'org/name')")
+    path = resolve(path, "PPM folder")
     if backend not in ("transformers", "vllm"):
         raise UserError(f"unknown ppm_backend '{backend}' (choose from: transformers, vllm)")
     if backend == "vllm":

@@ -35,7 +35,6 @@ from mathforge.steps import MAX_OUTPUT_CHARS
 logger = logging.getLogger(__name__)
 
 AGENT_NAME = "mathforge_steps"
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<｜end▁of▁sentence｜>")
 
 
 @dataclass
@@ -129,12 +128,8 @@ class AsyncExecutor:
 
 def end_of_turn_id(tokenizer) -> int | None:
     """The token the chat template closes an assistant turn with (else EOS), as `mathforge rl` appends it."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    vocab = tokenizer.get_vocab()
-    for token in END_OF_TURN_TOKENS:
-        if token in template and token in vocab:
-            return vocab[token]
-    return tokenizer.eos_token_id
+    token = steps.end_of_turn_token(tokenizer)
+    return tokenizer.get_vocab()[token] if token else tokenizer.eos_token_id
 
 
 def _eos_ids(tokenizer) -> set[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mathforge.config import is_local
 from mathforge.errors import UserError
 from mathforge.verl.agent_loop import AGENT_NAME
 
@@ -85,7 +86,7 @@ def export(
         answer_column=answer_column,
         max_problems=max_problems,
     )
-    source = Path(dataset_name).stem if os.path.exists(os.path.expanduser(dataset_name)) else dataset_name
+    source = Path(dataset_name).stem if is_local(dataset_name) else dataset_name
     return write_parquet(rows_from_problems(problems, source, system_prompt, agent_name), output)
 
 

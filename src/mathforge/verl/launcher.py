@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mathforge.config import load_yaml, parse_config, save_yaml, to_dict
+from mathforge.config import is_local, load_yaml, parse_config, resolve, save_yaml, to_dict
 from mathforge.errors import UserError
 from mathforge.rewards import RewardArguments
 from mathforge.verl import VERL_VERSION, compose_config
@@ -285,11 +285,8 @@ def build_overrides(args: VerlArguments, loop: StepLoopConfig, reward: RewardArg
     p = paths(args)
     ppo = args.algorithm == "ppo"
     flash = args.attn_implementation == "flash_attention_2"
-    model = (
-        os.path.abspath(os.path.expanduser(args.model_name_or_path))
-        if os.path.exists(os.path.expanduser(args.model_name_or_path))
-        else args.model_name_or_path
-    )
+    model = args.model_name_or_path
+    model = os.path.abspath(resolve(model)) if is_local(model) else model
     experiment = Path(args.output_dir).name
     o = {
         "algorithm.adv_estimator": ALGORITHMS[args.algorithm],
