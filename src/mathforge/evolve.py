@@ -640,54 +640,9 @@ def stage_option(stage: str, recipe: dict, key: str):
 
 
 def _stage_types(stage: str, recipe: dict) -> list[type]:
-    if stage == "tiny_model":
-        from mathforge.tiny_model import TinyModelConfig
-
-        return [TinyModelConfig]
-    if stage == "toy_data":
-        from mathforge.data.toy import ToyDataConfig
-
-        return [ToyDataConfig]
-    if stage == "search":
-        from mathforge.data.loading import DataArguments
-        from mathforge.search.mcts import SearchConfig
-
-        return [SearchConfig, DataArguments]
-    if stage == "extract":
-        from mathforge.search.extract import ExtractConfig
-
-        return [ExtractConfig]
-    if stage == "eval":
-        from mathforge.data.loading import DataArguments
-        from mathforge.eval import EvalConfig
-
-        return [EvalConfig, DataArguments]
-    if stage == "sft":
-        from trl import ModelConfig, SFTConfig
-
-        from mathforge.sft import SFTScriptArguments
-
-        return [SFTScriptArguments, SFTConfig, ModelConfig]
-    if stage == "ppm":
-        from trl import ModelConfig, RewardConfig
-
-        from mathforge.ppm import PPMScriptArguments
-
-        return [PPMScriptArguments, RewardConfig, ModelConfig]
-    if stage == "rl":
-        from trl import ModelConfig
-
-        from mathforge.rewards import RewardArguments
-        from mathforge.rl import ALGORITHMS, RLScriptArguments
-
-        # the algorithm's default and check are RLScriptArguments', its TRL config rl's ALGORITHMS
-        chosen = {"algorithm": recipe["algorithm"]} if recipe.get("algorithm") else {}
-        try:
-            algorithm = RLScriptArguments(**chosen).algorithm
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        return [RLScriptArguments, RewardArguments, ALGORITHMS[algorithm], ModelConfig]
-    raise KeyError(f"no stage {stage!r} (stages: {', '.join(MODULES)})")
+    if stage not in MODULES:
+        raise KeyError(f"no stage {stage!r} (stages: {', '.join(MODULES)})")
+    return importlib.import_module(MODULES[stage]).config_types(recipe)
 
 
 # --- running -------------------------------------------------------------------------------------------

@@ -217,10 +217,13 @@ class ValueTrainer(RewardTrainerWithRows):
         return (loss, outputs) if return_outputs else loss
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge ppm` parses (evolve checks step recipes against them)."""
+    return [PPMScriptArguments, RewardConfig, ModelConfig]
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = parse_config(
-        [PPMScriptArguments, RewardConfig, ModelConfig], argv, prog="mathforge ppm"
-    )
+    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge ppm")
     train(script_args, training_args, model_args)
 
 

@@ -337,7 +337,7 @@ def never_sampled(trajectory, encoded: tuple[list[int], list[int]], sampled: dic
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def _algorithm(argv: list[str] | None) -> str:
+def _algorithm(argv: list[str] | None) -> str | None:
     """The algorithm named on the command line or in the YAML (it decides which TRL config is parsed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     name = None
@@ -348,17 +348,21 @@ def _algorithm(argv: list[str] | None) -> str:
             name = arg.split("=", 1)[1]
     if name is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
         name = load_yaml(argv[argv.index("--config") + 1]).get("algorithm")
-    name = name or "grpo"
-    if name not in ALGORITHMS:
-        raise UserError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not '{name}'")
     return name
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge rl` parses for a recipe: the TRL config is its algorithm's (evolve checks
+    step recipes against them)."""
+    algorithm = (recipe or {}).get("algorithm") or "grpo"
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not '{algorithm}'")
+    return [RLScriptArguments, RewardArguments, ALGORITHMS[algorithm], ModelConfig]
+
+
 def main(argv: list[str] | None = None):
-    config_cls = ALGORITHMS[_algorithm(argv)]
-    script_args, reward_args, training_args, model_args = parse_config(
-        [RLScriptArguments, RewardArguments, config_cls, ModelConfig], argv, prog="mathforge rl"
-    )
+    types = config_types({"algorithm": _algorithm(argv)})
+    script_args, reward_args, training_args, model_args = parse_config(types, argv, prog="mathforge rl")
     return train(script_args, reward_args, training_args, model_args)
 
 

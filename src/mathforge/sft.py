@@ -104,10 +104,13 @@ def tokenize_masking_outputs(dataset, tokenizer):
     return dataset.map(encode, remove_columns=dataset.column_names, desc="tokenize, outputs masked")
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge sft` parses (evolve checks step recipes against them)."""
+    return [SFTScriptArguments, SFTConfig, ModelConfig]
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = parse_config(
-        [SFTScriptArguments, SFTConfig, ModelConfig], argv, prog="mathforge sft"
-    )
+    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge sft")
     train(script_args, training_args, model_args)
 
 

@@ -576,10 +576,15 @@ def build(
     return out
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge tiny-model` parses (evolve checks step recipes against them)."""
+    return [TinyModelConfig]
+
+
 def main(argv: list[str] | None = None) -> Path:
     from mathforge.config import parse_config
 
-    (config,) = parse_config([TinyModelConfig], argv, prog="mathforge tiny-model")
+    (config,) = parse_config(config_types(), argv, prog="mathforge tiny-model")
     return build(
         config.output,
         config.size,

@@ -1586,10 +1586,15 @@ class ToyDataConfig:
             raise ValueError("n_train and n_test must be >= 0")
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge data toy` parses (evolve checks step recipes against them)."""
+    return [ToyDataConfig]
+
+
 def main(argv: list[str] | None = None) -> dict:
     from mathforge.config import parse_config
 
-    (config,) = parse_config([ToyDataConfig], argv, prog="mathforge data toy")
+    (config,) = parse_config(config_types(), argv, prog="mathforge data toy")
     start = time.perf_counter()
     meta = write_dataset(
         config.output_dir,

@@ -8,6 +8,6 @@
 * :mod:`.parallel`: data-parallel copies (``--data_parallel_size``, or one per ``accelerate launch`` process).
 """
 
-from mathforge.eval.run import EvalConfig, evaluate, main
+from mathforge.eval.run import EvalConfig, config_types, evaluate, main
 
-__all__ = ["EvalConfig", "evaluate", "main"]
+__all__ = ["EvalConfig", "config_types", "evaluate", "main"]

@@ -479,11 +479,16 @@ def compare_main(argv: list[str]) -> str:
     return table
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge eval` parses (evolve checks step recipes against them)."""
+    return [EvalConfig, DataArguments]
+
+
 def main(argv: list[str] | None = None) -> dict | str:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         return compare_main(argv[1:])
-    config, data = parse_config([EvalConfig, DataArguments], argv, prog="mathforge eval")
+    config, data = parse_config(config_types(), argv, prog="mathforge eval")
     results = evaluate(config, data)
     if results.get("merged_by_another_copy"):
         print(f"copy {results['shard']}: shard written; the last copy to finish merges them")

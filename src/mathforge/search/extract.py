@@ -249,8 +249,13 @@ def write_sets(sets: dict[str, list[dict]], stats: dict, output_dir: str | os.Pa
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge extract` parses (evolve checks step recipes against them)."""
+    return [ExtractConfig]
+
+
 def main(argv: list[str] | None = None) -> dict:
-    (config,) = parse_config([ExtractConfig], argv, prog="mathforge extract")
+    (config,) = parse_config(config_types(), argv, prog="mathforge extract")
     if not config.trees:
         raise UserError("no tree files: pass --trees FILE [FILE ...] (written by `mathforge search`)")
     if not config.output_dir:

@@ -839,8 +839,13 @@ def search(
     return summary
 
 
+def config_types(recipe: dict | None = None) -> list[type]:
+    """The option dataclasses `mathforge search` parses (evolve checks step recipes against them)."""
+    return [SearchConfig, DataArguments]
+
+
 def main(argv: list[str] | None = None) -> dict:
-    config, data = parse_config([SearchConfig, DataArguments], argv, prog="mathforge search")
+    config, data = parse_config(config_types(), argv, prog="mathforge search")
     shard = start_shard(gpus_per_copy=config.tensor_parallel_size)  # before anything touches CUDA
     s = search(config, data, shard=shard)
     print(
