@@ -227,23 +227,6 @@ def deepspeed_cpu_ops():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-@pytest.fixture(scope="module")
-def step_policy(tiny_model, toy_data, tmp_path_factory):
-    """The tiny model after a short SFT: it writes steps whose code runs, so trajectories differ in length."""
-    from mathforge.sft import main
-
-    out = tmp_path_factory.mktemp("cluster-policy") / "sft"
-    main(
-        [
-            "--config", str(REPO / "recipes/tiny/sft/config_toy.yaml"), "--model_name_or_path", str(tiny_model),
-            "--dataset_name", str(toy_data), "--output_dir", str(out), "--max_steps", "120",
-            "--per_device_train_batch_size", "16", "--save_strategy", "no", "--logging_steps", "60",
-            "--disable_tqdm", "true",
-        ]
-    )  # fmt: skip
-    return out
-
-
 def launch_bounded(cmd, seconds: int) -> subprocess.CompletedProcess:
     """Run a launch in its own process group; kill the whole group if it outlives ``seconds`` (a hang)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -293,7 +276,7 @@ def test_zero3_sft_on_two_cpu_processes(deepspeed_cpu_ops, tiny_model, toy_data,
 
 @pytest.mark.slow
 def test_zero3_rl_with_ppm_reward_and_transformers_step_rollouts(
-    deepspeed_cpu_ops, step_policy, toy_data, tmp_path
+    deepspeed_cpu_ops, sft_policy, toy_data, tmp_path
 ):
     """ZeRO-3 GRPO with step rollouts from the trainer's own policy and the ppm reward. Ranks make different
     numbers of generate calls (each as many rounds as its longest trajectory); with transformers' synced_gpus
@@ -304,8 +287,8 @@ def test_zero3_rl_with_ppm_reward_and_transformers_step_rollouts(
 
     ppm = tmp_path / "ppm"
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(step_policy)
-    head = AutoModelForSequenceClassification.from_pretrained(step_policy, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(sft_policy)
+    head = AutoModelForSequenceClassification.from_pretrained(sft_policy, num_labels=1)
     head.config.pad_token_id = tokenizer.pad_token_id
     head.save_pretrained(ppm)
     tokenizer.save_pretrained(ppm)
@@ -313,7 +296,7 @@ def test_zero3_rl_with_ppm_reward_and_transformers_step_rollouts(
     run = launch_bounded(
         zero3_launch(
             "mathforge.rl", "--config", str(REPO / "recipes/tiny/rl/config_toy.yaml"),
-            "--model_name_or_path", str(step_policy), "--dataset_name", str(toy_data), "--output_dir", str(out),
+            "--model_name_or_path", str(sft_policy), "--dataset_name", str(toy_data), "--output_dir", str(out),
             "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "4",
             "--num_iterations", "1", "--logging_steps", "1", "--save_steps", "2", "--disable_tqdm", "true",
             "--reward_funcs", "accuracy", "ppm", "--reward_weights", "1", "1", "--ppm_path", str(ppm),

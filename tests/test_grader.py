@@ -1,5 +1,5 @@
 """Tests for mathforge.grader: extraction, each normalisation (both directions), time bounds, cache,
-threads, and real data (MATH-500, GSM8K test) read in place from the shared benchmarks folder."""
+threads, and real data (MATH-500, GSM8K test) read in place (the `benchmarks` fixture)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ from pathlib import Path
 import pytest
 
 from mathforge.grader import Grader, extract_answer, extract_answers, final_answer, grade
-
-BENCHMARKS = Path(
-    os.environ.get("MATHFORGE_BENCHMARKS", Path(__file__).resolve().parents[1] / "../shared/benchmarks")
-)
 
 
 @pytest.fixture(scope="module")
@@ -547,10 +543,7 @@ def test_cache_hits_and_lru_eviction():
 # --- real data ----------------------------------------------------------------------------------------------
 
 
-def _load(name: str) -> list[dict]:
-    path = BENCHMARKS / name
-    if not path.exists():
-        pytest.skip(f"{path} not found (set MATHFORGE_BENCHMARKS)")
+def _load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -572,30 +565,30 @@ def _shuffled_wrong_rate(grader, predictions, golds) -> float:
 
 
 @pytest.mark.slow
-def test_math500_reference_solutions_are_correct(grader):
-    rows = _load("math500.jsonl")
+def test_math500_reference_solutions_are_correct(grader, benchmarks):
+    rows = _load(benchmarks / "math500.jsonl")
     results = grader.grade_many([row["solution"] for row in rows], [row["answer"] for row in rows])
     failures = [(row["id"], row["answer"], r) for row, r in zip(rows, results) if r is not True]
     assert not failures, f"{len(rows) - len(failures)}/{len(rows)}: {failures[:10]}"
 
 
 @pytest.mark.slow
-def test_math500_shuffled_answers_are_wrong(grader):
-    rows = _load("math500.jsonl")
+def test_math500_shuffled_answers_are_wrong(grader, benchmarks):
+    rows = _load(benchmarks / "math500.jsonl")
     rate = _shuffled_wrong_rate(grader, [row["solution"] for row in rows], [row["answer"] for row in rows])
     assert rate >= 0.99, rate
 
 
 @pytest.mark.slow
-def test_gsm8k_reference_solutions_are_correct(grader):
-    rows = _load("gsm8k_test.jsonl")
+def test_gsm8k_reference_solutions_are_correct(grader, benchmarks):
+    rows = _load(benchmarks / "gsm8k_test.jsonl")
     results = grader.grade_many([row["answer_text"] for row in rows], [row["answer"] for row in rows])
     failures = [(row["id"], row["answer"], r) for row, r in zip(rows, results) if r is not True]
     assert not failures, f"{len(rows) - len(failures)}/{len(rows)}: {failures[:10]}"
 
 
 @pytest.mark.slow
-def test_gsm8k_shuffled_answers_are_wrong(grader):
-    rows = _load("gsm8k_test.jsonl")
+def test_gsm8k_shuffled_answers_are_wrong(grader, benchmarks):
+    rows = _load(benchmarks / "gsm8k_test.jsonl")
     rate = _shuffled_wrong_rate(grader, [row["answer_text"] for row in rows], [row["answer"] for row in rows])
     assert rate >= 0.99, rate

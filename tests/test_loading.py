@@ -37,11 +37,12 @@ def test_folder_with_split_files(tmp_path):
     assert ds["problem"] == ["1+1?", "2+2?"] and ds["id"] == ["test-0", "test-1"]
 
 
-def test_bad_inputs_name_the_problem(tmp_path, benchmarks):
+def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         load_problems(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "aime.jsonl").write_text('{"id": "2024-AIMEI-P1", "problem": "Find x.", "answer": "204"}\n')
     with pytest.raises(UserError, match="column 'nope' not in"):
-        load_problems(str(benchmarks / "aime24.jsonl"), problem_column="nope")
+        load_problems(str(tmp_path / "aime.jsonl"), problem_column="nope")
     with pytest.raises(UserError, match="no test.jsonl"):
         load_problems(str(tmp_path), split="test")
     (tmp_path / "weird.jsonl").write_text('{"text": "hi"}\n')

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import fake_hub, files_in
+from weights import weights_moved
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -85,7 +86,11 @@ def read_pairs(path: Path, n: int | None = None) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_ppm_learns_held_out_pairs(trained, pairs):
+def test_ppm_learns_held_out_pairs(trained, pairs, micro_model):
+    # every weight of the policy it started from moved (no weight decay: only the gradient moves one)
+    assert yaml.safe_load((trained / "recipe.yaml").read_text())["weight_decay"] == 0
+    moved = weights_moved(micro_model, trained)
+    assert len(moved) > 10 and all(moved.values()), [name for name, m in moved.items() if not m]
     state = json.loads((trained / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) >= 10
@@ -205,6 +210,7 @@ def test_value_objective_reduces_mse(micro_model, pairs, tmp_path):
     assert mse[-1] < 0.7 * mse[0], mse
     metrics = json.loads((out / "ppm_metrics.json").read_text())
     assert metrics["eval_mse"] < 0.2  # below the best constant's 0.25: it tells good steps from bad
+    assert all(weights_moved(micro_model, out).values())
 
 
 def test_held_out_split_is_by_problem(tmp_path):

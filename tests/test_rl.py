@@ -1,7 +1,7 @@
 """Stage-2 RL on CPU with TRL: real GRPO and RLOO runs of a tiny policy, executor-in-the-loop rollouts, resume.
 
-The policy is the tiny model after a short SFT on toy teacher solutions, enough for it to write steps whose
-code the executor runs during the rollouts.
+The policy is the tiny model after a short SFT on toy teacher solutions (conftest's `sft_policy`), enough for
+it to write steps whose code the executor runs during the rollouts.
 """
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import fake_hub
+from weights import weights_moved
 
 from mathforge import steps
 
@@ -33,27 +34,11 @@ def rl_args(model, data, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_model, toy_data, tmp_path_factory):
-    from mathforge.sft import main
-
-    out = tmp_path_factory.mktemp("rl-policy") / "sft"
-    main(
-        [
-            "--config", str(REPO / "recipes/tiny/sft/config_toy.yaml"), "--model_name_or_path", str(tiny_model),
-            "--dataset_name", str(toy_data), "--output_dir", str(out), "--max_steps", "120",
-            "--per_device_train_batch_size", "16", "--save_strategy", "no", "--logging_steps", "60",
-            "--disable_tqdm", "true",
-        ]
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def grpo_run(policy, toy_data, tmp_path_factory):
+def grpo_run(sft_policy, toy_data, tmp_path_factory):
     from mathforge.rl import main
 
     out = tmp_path_factory.mktemp("rl") / "grpo"
-    trainer = main(rl_args(policy, toy_data, out, *REWARD_ARGS))
+    trainer = main(rl_args(sft_policy, toy_data, out, *REWARD_ARGS))
     return out, trainer
 
 
@@ -65,7 +50,7 @@ def _completion_texts(trainer) -> list[str]:
 
 
 @pytest.mark.slow
-def test_grpo_logs_each_reward_and_saves(grpo_run):
+def test_grpo_logs_each_reward_moves_the_weights_and_saves(grpo_run, sft_policy):
     out, trainer = grpo_run
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2
@@ -76,6 +61,10 @@ def test_grpo_logs_each_reward_and_saves(grpo_run):
         assert (out / name).exists(), name
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["reward_funcs"] == ALL_REWARDS and recipe["algorithm"] == "grpo" and recipe["beta"] == 0.04
+    # every weight moved, and only the gradient moves one (no weight decay): a zeroed gradient would fail here
+    assert trainer.args.weight_decay == 0
+    moved = weights_moved(sft_policy, out)
+    assert len(moved) > 10 and all(moved.values()), [name for name, m in moved.items() if not m]
 
 
 @pytest.mark.slow
@@ -102,11 +91,11 @@ def test_rollout_outputs_come_from_the_executor(grpo_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_last_checkpoint(grpo_run, policy, toy_data, capsys):
+def test_resume_continues_from_last_checkpoint(grpo_run, sft_policy, toy_data, capsys):
     from mathforge.rl import main
 
     out, _ = grpo_run
-    trainer = main(rl_args(policy, toy_data, out, *REWARD_ARGS, "--max_steps", "3"))
+    trainer = main(rl_args(sft_policy, toy_data, out, *REWARD_ARGS, "--max_steps", "3"))
     assert "resuming from" in capsys.readouterr().out and "checkpoint-2" in json.dumps(
         json.loads((out / "ranks" / "rank_0.json").read_text())
     )
@@ -114,13 +103,13 @@ def test_resume_continues_from_last_checkpoint(grpo_run, policy, toy_data, capsy
 
 
 @pytest.mark.slow
-def test_rloo_with_step_rollouts(policy, toy_data, tmp_path, monkeypatch):
+def test_rloo_with_step_rollouts(sft_policy, toy_data, tmp_path, monkeypatch):
     from mathforge.rl import main
 
     hub = fake_hub(monkeypatch, tmp_path)  # push_to_hub goes through mathforge.push, checked here too
 
     args = [
-        "--algorithm", "rloo", "--model_name_or_path", str(policy), "--dataset_name", str(toy_data),
+        "--algorithm", "rloo", "--model_name_or_path", str(sft_policy), "--dataset_name", str(toy_data),
         "--output_dir", str(tmp_path / "rloo"), "--reward_funcs", "accuracy", "format", "cosine",
         "--cosine_max_len", "400", "--max_steps", "1", "--per_device_train_batch_size", "8",
         "--num_generations", "4", "--max_step_tokens", "96", "--max_solution_steps", "8",
@@ -136,6 +125,7 @@ def test_rloo_with_step_rollouts(policy, toy_data, tmp_path, monkeypatch):
     assert type(trainer).__name__ == "StepRLOOTrainer" and log["rollout/steps"] > 0
     assert hub.calls[0] == ("create_repo", "me/tiny-rloo", "model", True)
     assert {"model.safetensors", "README.md", "recipes/recipe.yaml"} <= hub.calls[1][3]
+    assert trainer.args.weight_decay == 0 and all(weights_moved(sft_policy, tmp_path / "rloo").values())
 
 
 class ScriptedGenerator:

@@ -1,6 +1,10 @@
-"""Real SFT runs of the tiny model with TRL's SFTTrainer, in-process and through `accelerate launch`."""
+"""Real SFT runs of the tiny model with TRL's SFTTrainer, in-process and through `accelerate launch`.
+
+The 300-step run checked here is conftest's `sft_policy`, trained once per session (test_rl and test_cluster
+start RL from it)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import fake_hub, files_in
+from weights import weights_moved
 
 from mathforge import steps
 
@@ -24,39 +29,27 @@ def sft_args(model, data, out, *extra):
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model, toy_data, tmp_path_factory):
-    from mathforge.sft import main
-
-    out = tmp_path_factory.mktemp("sft") / "run"
-    main(
-        sft_args(
-            tiny_model, toy_data, out,
-            "--max_steps", "300", "--per_device_train_batch_size", "8", "--logging_steps", "25",
-            "--save_steps", "300", "--warmup_steps", "20",
-        )
-    )  # fmt: skip
-    return out
-
-
 @pytest.mark.slow
-def test_sft_loss_falls_and_artifacts_are_saved(trained):
-    state = json.loads(next(trained.glob("checkpoint-*/trainer_state.json")).read_text())
+def test_sft_loss_falls_weights_move_and_artifacts_are_saved(sft_policy, tiny_model):
+    state = json.loads(next(sft_policy.glob("checkpoint-*/trainer_state.json")).read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) >= 10
     assert losses[-1] < 0.5 * losses[0], losses
     for name in ("model.safetensors", "tokenizer.json", "recipe.yaml", "README.md", "generation_config.json"):
-        assert (trained / name).exists(), name
-    recipe = yaml.safe_load((trained / "recipe.yaml").read_text())
+        assert (sft_policy / name).exists(), name
+    recipe = yaml.safe_load((sft_policy / "recipe.yaml").read_text())
     assert recipe["max_steps"] == 300 and recipe["lr_scheduler_type"] == "cosine"
+    assert recipe["weight_decay"] == 0  # so only the gradient moves a weight: a zeroed one leaves them all
+    moved = weights_moved(tiny_model, sft_policy)
+    assert len(moved) > 10 and all(moved.values()), [name for name, m in moved.items() if not m]
 
 
 @pytest.mark.slow
-def test_trained_model_writes_the_step_format_and_stops(trained, toy_data):
+def test_trained_model_writes_the_step_format_and_stops(sft_policy, toy_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(trained)
-    model = AutoModelForCausalLM.from_pretrained(trained)
+    tok = AutoTokenizer.from_pretrained(sft_policy)
+    model = AutoModelForCausalLM.from_pretrained(sft_policy)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     assert eos in (
         [model.generation_config.eos_token_id]
@@ -76,10 +69,12 @@ def test_trained_model_writes_the_step_format_and_stops(trained, toy_data):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_last_checkpoint(trained, tiny_model, toy_data):
+def test_resume_continues_from_last_checkpoint(sft_policy, tiny_model, toy_data, tmp_path):
     from mathforge.sft import main
 
-    # Same output dir, more steps: training resumes at step 300 instead of starting again.
+    # Same output dir (a copy: the session's policy stays as it is), more steps: training resumes at step
+    # 300 instead of starting again.
+    trained = shutil.copytree(sft_policy, tmp_path / "run")
     main(sft_args(tiny_model, toy_data, trained, "--max_steps", "310", "--per_device_train_batch_size", "8",
                   "--save_steps", "310"))  # fmt: skip
     report = json.loads((trained / "ranks" / "rank_0.json").read_text())
