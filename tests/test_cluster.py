@@ -446,3 +446,31 @@ def test_launched_evaluation_shards_by_global_rank_and_merges(tiny_model, proble
     merged = [json.loads(line) for line in (out / "samples.jsonl").open()]
     assert [s["id"] for s in merged] == [f"train-{i}" for i in range(6)]
     assert json.loads((out / "results.json").read_text())["problems"] == 6
+
+
+def test_nodes_from_the_environment_and_their_launch_arguments(tmp_path):
+    from mathforge.cluster import Nodes, nodes_from_env
+
+    assert nodes_from_env({}) == Nodes() and not Nodes().many and Nodes().launch_args("any.yaml") == []
+    nodes = nodes_from_env(
+        {"NUM_MACHINES": "2", "MACHINE_RANK": "1", "MAIN_ADDR": "10.0.0.1", "MAIN_PORT": "6000"}
+    )
+    assert (nodes.many, nodes.leads, nodes.evolve_port) == (True, False, 6001)
+    config = tmp_path / "ddp.yaml"
+    config.write_text("num_processes: 8\n")
+    assert nodes.launch_args(str(config)) == [
+        "--num_machines", "2", "--machine_rank", "1", "--num_processes", "16",
+        "--main_process_ip", "10.0.0.1", "--main_process_port", "6000",
+    ]  # fmt: skip
+    slurm = nodes_from_env(
+        {"SLURM_NNODES": "4", "SLURM_NODEID": "3", "MAIN_ADDR": "n0", "GPUS_PER_NODE": "2"}
+    )
+    assert (slurm.num_machines, slurm.machine_rank, slurm.gpus_per_node) == (4, 3, 2)
+    assert "--num_processes 8" in " ".join(slurm.launch_args(str(config)))
+    for bad, message in (
+        ({"NUM_MACHINES": "2"}, "needs MAIN_ADDR"),
+        ({"NUM_MACHINES": "2", "MACHINE_RANK": "2", "MAIN_ADDR": "x"}, "is not a node of NUM_MACHINES 2"),
+        ({"NUM_MACHINES": "two"}, "bad node variable"),
+    ):
+        with pytest.raises(UserError, match=message):
+            nodes_from_env(bad)

@@ -209,7 +209,7 @@ def test_threads_set_omp_num_threads_of_a_stage_process(tmp_path, monkeypatch):
     plan = plan_of(tmp_path, subprocess=["search"], threads={"search": 1})
     step = next(s for s in plan.steps if s.label == "round 1, step search")
     probe = [sys.executable, "-c", "import os; print('threads:', os.environ['OMP_NUM_THREADS'])"]
-    monkeypatch.setattr(evolve_module, "command", lambda step, config: probe)
+    monkeypatch.setattr(evolve_module, "command", lambda step, config, nodes: probe)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     evolve_module.run_step(step, plan.config)
     assert "threads: 1" in (step.out / "step.log").read_text()
@@ -684,3 +684,99 @@ def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(mo
     )
     assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM
     assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16
+
+
+# --- several nodes (two "nodes" on this machine, MAIN_ADDR 127.0.0.1) ------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _start_nodes(config: Path, logs: list[Path]) -> list[subprocess.Popen]:
+    main_port, evolve_port = _free_ports(2)
+    procs = []
+    for rank, log in enumerate(logs):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "NUM_MACHINES": "2",
+               "MACHINE_RANK": str(rank), "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": str(main_port),
+               "EVOLVE_PORT": str(evolve_port), "GPUS_PER_NODE": "1"}  # fmt: skip
+        with open(log, "ab") as f:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mathforge.evolve", "--config", str(config)],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=REPO,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+    return procs
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.mark.slow
+def test_two_nodes_run_round_one_with_the_trainers_across_both(run_root, tmp_path):
+    """evolve on two nodes (both here, one process each): SFT and PPM, which have accelerate configs, run on
+    both nodes as one job (world size 2); search, extraction and evaluation run on node 0 while node 1
+    waits; node 0 writes the report. (Search across nodes: test_cluster's launch.sh test; here it stays in
+    one process so that its trees, and so the preference pairs, are those of the reference run.)"""
+    reference = finished_run(run_root)
+    config = micro_config(tmp_path / "runs", name="nodes")
+    cpu = str(REPO / "accelerate_configs/cpu_2proc.yaml")
+    config["accelerate"] = {"sft": cpu, "ppm": cpu}
+    path = write_config(config, tmp_path / "nodes.yaml")
+    run = tmp_path / "runs" / "nodes"
+    shutil.copytree(reference / "round_0", run / "round_0")
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    codes = _wait_all(_start_nodes(path, logs), timeout=900)
+    assert codes == [0, 0], logs[0].read_text()[-3000:] + "\n----\n" + logs[1].read_text()[-3000:]
+
+    node1 = logs[1].read_text()
+    launched = re.findall(r"node 1: (round \d, step \w+): launching", node1)
+    assert launched == ["round 1, step sft", "round 1, step ppm"]
+    assert "every step finished" in node1
+    for step in ("sft", "ppm"):
+        out = run / "round_1" / step
+        ranks = [json.loads((out / "ranks" / f"rank_{i}.json").read_text()) for i in (0, 1)]
+        assert [r["world_size"] for r in ranks] == [2, 2]
+        assert "--num_machines 2 --machine_rank 0 --num_processes 2" in (out / "step_command.sh").read_text()
+        assert (out / "step.node1.log").is_file()
+    for step in ("search", "extract", "eval_greedy"):
+        assert not (run / "round_1" / step / "step.node1.log").exists()  # node 0's alone
+    assert (run / "report.md").is_file() and (run / "round_1" / "eval_greedy" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_failure_on_node_0_stops_the_other_node_with_its_message(tmp_path):
+    """Node 0's bootstrap SFT fails (its base model is broken); node 1, waiting for that step, exits non-zero
+    with node 0's one-line error instead of waiting forever."""
+    config = micro_config(tmp_path / "runs", name="broken")
+    path = write_config(config, tmp_path / "broken.yaml")
+    base = tmp_path / "runs" / "broken" / "round_0" / "base_model"
+    base.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (base / name).write_text("{}")  # counts as built; loading it fails
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    codes = _wait_all(_start_nodes(path, logs), timeout=300)
+    assert codes[0] != 0 and codes[1] != 0, logs[1].read_text()[-2000:]
+    last = [line for line in logs[1].read_text().splitlines() if line.strip()][-1]
+    assert "node 0 failed: round 0, step sft" in last, last

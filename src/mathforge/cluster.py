@@ -9,6 +9,14 @@ reports), takes its own GPUs and works on its own problems with its own vLLM eng
 copies never talk to each other, so no process group is created: vLLM starts a single-process engine
 in each, exactly as in a one-process run.
 
+**Several nodes** (``mathforge evolve``). Run the same evolve command on every node, each with its place in
+the environment (:func:`nodes_from_env`: Slurm's variables or ``NUM_MACHINES``, ``MACHINE_RANK``,
+``MAIN_ADDR``, ``MAIN_PORT``, ``GPUS_PER_NODE``, as ``scripts/launch.sh`` reads them) and the run folder on
+a file system they share. Node 0 leads: it decides, step by step, what is done; a stage with an
+accelerate config is then launched on every node at once (``--num_machines``, ``--machine_rank``, ...),
+every other step runs on node 0 while the others wait (:class:`NodeSync`, a ``torch.distributed.TCPStore``
+served by node 0 at ``MAIN_ADDR:EVOLVE_PORT``, default ``MAIN_PORT + 1``).
+
 **Training under ZeRO-3 / FSDP** (``mathforge rl``): a model that is only *used* in the training
 process (the PPM reward) is loaded outside ``deepspeed.zero.Init``, and transformers' ``generate`` on
 the policy never waits on other ranks (see :func:`generation_guard`).
@@ -18,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from mathforge.errors import UserError
 
@@ -102,6 +113,138 @@ def start_shard(gpus_per_copy: int = 1) -> Shard:
             start = shard.local_rank * gpus_per_copy
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[start : start + gpus_per_copy])
     return shard
+
+
+# --- several nodes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """This machine's place in a job of several nodes.
+
+    num_machines: nodes in the job (1: everything runs here, as without this class).
+    machine_rank: this node's rank; node 0 leads and serves the coordination store.
+    main_addr: address of node 0, reachable from every node.
+    main_port: port of the stages' own rendezvous (``accelerate launch --main_process_port``).
+    evolve_port: port of evolve's coordination store on node 0.
+    gpus_per_node: processes per node of a launched stage; None: the accelerate config's ``num_processes``.
+    """
+
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_addr: str = "127.0.0.1"
+    main_port: int = 29500
+    evolve_port: int = 29501
+    gpus_per_node: int | None = None
+
+    @property
+    def many(self) -> bool:
+        return self.num_machines > 1
+
+    @property
+    def leads(self) -> bool:
+        return self.machine_rank == 0
+
+    def launch_args(self, accelerate_config: str) -> list[str]:
+        """The ``accelerate launch`` arguments that place this node's processes in the whole job."""
+        if not self.many:
+            return []
+        per_node = self.gpus_per_node
+        if per_node is None:
+            from mathforge.config import load_yaml
+
+            per_node = int(load_yaml(accelerate_config).get("num_processes") or 1)
+        return [
+            "--num_machines", str(self.num_machines), "--machine_rank", str(self.machine_rank),
+            "--num_processes", str(self.num_machines * per_node),
+            "--main_process_ip", self.main_addr, "--main_process_port", str(self.main_port),
+        ]  # fmt: skip
+
+
+def nodes_from_env(environ=None) -> Nodes:
+    """The node's place from ``NUM_MACHINES``/``MACHINE_RANK``/``MAIN_ADDR``/``MAIN_PORT``/``EVOLVE_PORT``/
+    ``GPUS_PER_NODE``, else Slurm's ``SLURM_NNODES``/``SLURM_NODEID``/``SLURM_JOB_NODELIST``; one node when
+    none is set."""
+    env = os.environ if environ is None else environ
+    try:
+        machines = int(env.get("NUM_MACHINES") or env.get("SLURM_NNODES") or 1)
+        rank = int(env.get("MACHINE_RANK") or env.get("SLURM_NODEID") or 0)
+        port = int(env.get("MAIN_PORT") or 29500)
+        evolve_port = int(env.get("EVOLVE_PORT") or port + 1)
+        gpus = int(env["GPUS_PER_NODE"]) if env.get("GPUS_PER_NODE") else None
+    except ValueError as err:
+        raise UserError(
+            f"bad node variable ({err}); NUM_MACHINES, MACHINE_RANK and the ports are integers"
+        ) from None
+    if not 0 <= rank < machines:
+        raise UserError(f"MACHINE_RANK {rank} is not a node of NUM_MACHINES {machines} (0 .. {machines - 1})")
+    addr = env.get("MAIN_ADDR")
+    if not addr and machines > 1 and env.get("SLURM_JOB_NODELIST"):
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True
+        ).stdout.split()
+        addr = hosts[0] if hosts else None
+    if not addr:
+        if machines > 1:
+            raise UserError(
+                f"NUM_MACHINES={machines} needs MAIN_ADDR (the address of the node with MACHINE_RANK 0)"
+            )
+        addr = "127.0.0.1"
+    return Nodes(machines, rank, addr, port, evolve_port, gpus)
+
+
+class NodeSync:
+    """Node 0 tells the other nodes what each step is, through a key-value store it serves.
+
+    Keys: ``step <i>`` = ``launch`` (every node launches it now), ``done`` (node 0 ran it; its outputs
+    are in the shared run folder) or ``skip`` (finished before); ``abort`` = the error that stopped a node;
+    ``finished <rank>`` = a follower is through its steps (node 0, serving the store, waits for these)."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, nodes: Nodes, connect_timeout: float = 1800.0):
+        from torch.distributed import TCPStore
+
+        self.nodes = nodes
+        try:
+            self.store = TCPStore(
+                nodes.main_addr, nodes.evolve_port, is_master=nodes.leads,
+                timeout=timedelta(seconds=connect_timeout), wait_for_workers=False,
+            )  # fmt: skip
+        except (RuntimeError, OSError) as err:
+            where = f"{nodes.main_addr}:{nodes.evolve_port}"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"node {nodes.machine_rank}: cannot {'serve' if nodes.leads else 'reach'} the evolve store at "
+                f"{where} ({first}); check MAIN_ADDR and that EVOLVE_PORT is free on node 0"
+            ) from None
+
+    def tell(self, key: str, value: str) -> None:
+        self.store.set(key, value)
+
+    def hear(self, key: str) -> str:
+        """The value of ``key`` once node 0 sets it; a UserError if a node aborted or node 0 is gone."""
+        while True:
+            try:
+                if self.store.check(["abort"]):
+                    raise UserError(f"stopped because {self.store.get('abort').decode()}")
+                if self.store.check([key]):
+                    return self.store.get(key).decode()
+            except (RuntimeError, OSError) as err:  # DistStoreError and connection errors
+                raise UserError(f"node 0 is gone (its evolve store stopped answering: {err})") from None
+            time.sleep(self.POLL_SECONDS)
+
+    def abort(self, message: str) -> None:
+        with contextlib.suppress(RuntimeError, OSError):
+            self.store.set("abort", f"node {self.nodes.machine_rank} failed: {message}")
+
+    def finish(self) -> None:
+        """A follower reports it is through; node 0 waits until every follower has (it serves the store)."""
+        if not self.nodes.leads:
+            self.store.set(f"finished {self.nodes.machine_rank}", "1")
+            return
+        for rank in range(1, self.nodes.num_machines):
+            self.hear(f"finished {rank}")
 
 
 # --- training under ZeRO-3 / FSDP --------------------------------------------------------------------------

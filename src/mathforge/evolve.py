@@ -57,6 +57,7 @@ from pathlib import Path
 import yaml
 
 from mathforge.cli import die_with_parent
+from mathforge.cluster import Nodes, NodeSync, nodes_from_env
 from mathforge.config import load_yaml, save_yaml
 from mathforge.errors import UserError
 
@@ -80,6 +81,7 @@ ROUND_KEYS = (
     "search", "extract", "sft", "ppm", "eval",
 )  # fmt: skip
 PRECISIONS = ("auto", "bf16", "float32", "recipe")
+ONE_NODE = Nodes()  # a run on this machine alone
 STRUCTURED = ("tiny_model", "toy_data", "rounds", "overrides", "accelerate", "bootstrap", "eval_search")
 
 
@@ -676,15 +678,17 @@ def runs_in_own_process(stage: str, config: EvolveConfig) -> bool:
     return stage in config.accelerate or stage in config.subprocess or "all" in config.subprocess
 
 
-def command(step: Step, config: EvolveConfig) -> list[str] | None:
-    """The command line of a step run in its own process, or None to run it in this one."""
+def command(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> list[str] | None:
+    """The command line of a step run in its own process, or None to run it in this one. On several nodes a
+    launched stage gets this node's place in the job (:meth:`Nodes.launch_args`)."""
     if not runs_in_own_process(step.stage, config):
         return None
     recipe = str(step.out / "step_recipe.yaml")
     module = MODULES[step.stage]
     if step.stage in config.accelerate:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate[step.stage],
-                "-m", module, "--config", recipe]  # fmt: skip
+        accelerate = config.accelerate[step.stage]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate,
+                *nodes.launch_args(accelerate), "-m", module, "--config", recipe]  # fmt: skip
     return [sys.executable, "-m", module, "--config", recipe]
 
 
@@ -694,16 +698,19 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def run_step(step: Step, config: EvolveConfig) -> None:
-    """Run one stage with its step recipe; any failure becomes a one-line UserError naming the step."""
+def run_step(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> None:
+    """Run one stage with its step recipe; any failure becomes a one-line UserError naming the step.
+    Node 0 writes the step's recipe and command; another node launches from them, logging to its own file."""
     step.out.mkdir(parents=True, exist_ok=True)
-    recipe_file, log = step.out / "step_recipe.yaml", step.out / "step.log"
-    save_yaml(step.recipe, recipe_file)
-    cmd = command(step, config)
+    recipe_file = step.out / "step_recipe.yaml"
+    log = step.out / ("step.log" if nodes.leads else f"step.node{nodes.machine_rank}.log")
+    cmd = command(step, config, nodes)
     threads = {"OMP_NUM_THREADS": str(config.threads[step.stage])} if step.stage in config.threads else {}
     shown = cmd or ["mathforge", *CLI_NAMES.get(step.stage, step.stage).split(), "--config", str(recipe_file)]
     shown = [f"{k}={v}" for k, v in threads.items()] + shown
-    (step.out / "step_command.sh").write_text(shlex.join(shown) + "\n")
+    if nodes.leads:
+        save_yaml(step.recipe, recipe_file)
+        (step.out / "step_command.sh").write_text(shlex.join(shown) + "\n")
     with open(log, "a") as f:
         f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(shown)}\n")
     if cmd is not None:
@@ -789,6 +796,15 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool
 
     plan = Plan(config)
     plan.validate()
+    nodes = nodes_from_env()
+    if not nodes.leads:
+        return _follow(plan, nodes, echo)
+    sync = None
+    if nodes.many:
+        echo(
+            f"[evolve] node 0 of {nodes.num_machines}: serving the step store at {nodes.main_addr}:{nodes.evolve_port}"
+        )
+        sync = NodeSync(nodes)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(dataclasses.asdict(config), plan.run_dir / "evolve.yaml")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -797,18 +813,61 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool
     console = _console_fd() if live else None
     started = time.perf_counter()
     try:
-        _run_steps(plan, config, echo, console)
+        _run_steps(plan, config, echo, console, nodes, sync)
+        report = write_report(plan.run_dir, plan)
+        if sync is not None:
+            sync.finish()  # the followers may still be reading the last step's word from this store
+    except BaseException as err:
+        if sync is not None:
+            sync.abort(str(err) or type(err).__name__)
+        raise
     finally:
         if console is not None:
             os.close(console)
-    report = write_report(plan.run_dir, plan)
     echo(
         f"[evolve] finished in {(time.perf_counter() - started) / 60:.1f} min; report: {plan.run_dir / 'report.md'}"
     )
     return report
 
 
-def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], console: int | None) -> None:
+def _follow(plan: Plan, nodes: Nodes, echo: Callable[[str], None]) -> dict:
+    """Node k > 0: wait for node 0's word on each step; launch the launched ones here too, skip the rest."""
+    rank = nodes.machine_rank
+    echo(
+        f"[evolve] node {rank} of {nodes.num_machines}: following node 0 at {nodes.main_addr}:{nodes.evolve_port}"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sync = NodeSync(nodes)
+    try:
+        for index, step in enumerate(plan.steps, start=1):
+            order = sync.hear(f"step {index}")
+            if order == "launch":
+                echo(
+                    f"[evolve] node {rank}: {step.label}: launching (log: {step.out / f'step.node{rank}.log'})"
+                )
+                run_step(step, plan.config, nodes)
+                sync.hear(f"ended {index}")  # node 0's rank 0 may still be writing the outputs
+            if order != "skip" and not step.done():
+                raise UserError(
+                    f"{step.label}: node 0 finished it but its outputs are not visible on node {rank} in "
+                    f"{step.out}: the run folder must be on a file system all nodes share"
+                )
+        sync.finish()
+    except BaseException as err:
+        sync.abort(str(err) or type(err).__name__)
+        raise
+    echo(f"[evolve] node {rank}: every step finished; the report is written by node 0 in {plan.run_dir}")
+    return {"table": f"(node {rank}: see node 0's report in {plan.run_dir / 'report.md'})"}
+
+
+def _run_steps(
+    plan: Plan,
+    config: EvolveConfig,
+    echo: Callable[[str], None],
+    console: int | None,
+    nodes: Nodes = ONE_NODE,
+    sync: NodeSync | None = None,
+) -> None:
     from mathforge.evolve_progress import LiveLine
 
     total, announced = len(plan.steps), False
@@ -816,6 +875,8 @@ def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], co
         if step.prepare is not None:
             step.prepare()
         if step.done():
+            if sync is not None:
+                sync.tell(f"step {index}", "skip")
             echo(f"[evolve] {step.label}: done already ({step.out})")
             changed = _changed_keys(step)
             if changed:
@@ -836,9 +897,12 @@ def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], co
                 if console is not None
                 else contextlib.nullcontext()
             )
+            launched = sync is not None and step.stage in config.accelerate
+            if launched:
+                sync.tell(f"step {index}", "launch")  # every node launches its part of the job now
             try:
                 with shown:
-                    run_step(step, config)
+                    run_step(step, config, nodes)
             finally:
                 _record_time(plan.run_dir, step, time.perf_counter() - t0)
             echo(f"[evolve] {step.label}: finished in {time.perf_counter() - t0:.0f}s")
@@ -846,6 +910,8 @@ def _run_steps(plan: Plan, config: EvolveConfig, echo: Callable[[str], None], co
                 raise UserError(
                     f"{step.label}: the stage ended without its outputs in {step.out} (see step.log)"
                 )
+            if sync is not None:
+                sync.tell(f"ended {index}" if launched else f"step {index}", "done")
         if step.check is not None:
             step.check()
 

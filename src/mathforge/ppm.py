@@ -40,10 +40,10 @@ from pathlib import Path
 
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
+from mathforge import training
 from mathforge.config import parse_config, resolve
 from mathforge.data.loading import read_dataset
 from mathforge.errors import UserError
-from mathforge.training import DatasetArguments, finish_training, hub_push, setup_model, train_resuming
 from mathforge.trl_compat import RewardTrainerWithRows
 
 OBJECTIVES = ("pairwise", "value")
@@ -51,7 +51,7 @@ REQUIRED = {"pairwise": ("prompt", "chosen", "rejected"), "value": ("prompt", "v
 
 
 @dataclass
-class PPMScriptArguments(DatasetArguments):
+class PPMScriptArguments(training.DatasetArguments):
     """What to train on: preference pairs (or value targets) from `mathforge extract` (the dataset fields are
     TRL's `ScriptArguments`, see :class:`~mathforge.training.DatasetArguments`; without ``dataset_test_split``,
     ``eval_fraction`` of the train split is held out); the hyper-parameters are TRL's `RewardConfig`, the
@@ -222,21 +222,15 @@ def config_types(recipe: dict | None = None) -> list[type]:
     return [PPMScriptArguments, RewardConfig, ModelConfig]
 
 
-def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge ppm")
-    train(script_args, training_args, model_args)
-
-
 def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_args: ModelConfig):
     from transformers import AutoTokenizer
-    from trl import get_peft_config
 
-    model_path = setup_model(model_args, training_args, "to the policy (e.g. the SFT output folder)")
+    model_path = training.setup_model(model_args, training_args, "to the policy (e.g. the SFT output folder)")
     if not script_args.dataset_name:
         raise UserError(
             "no training data: set dataset_name to the preference pairs (folder with train.jsonl)"
         )
-    push = hub_push(training_args)
+    push = training.hub_push(training_args)
 
     train_set, eval_set = train_eval_sets(script_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
@@ -244,23 +238,18 @@ def train(script_args: PPMScriptArguments, training_args: RewardConfig, model_ar
     trainer_cls = RewardTrainer if pairwise else ValueTrainer
     extra = {} if pairwise else {"data_collator": _ValueCollator(tokenizer)}
     trainer = trainer_cls(
-        model=model_path,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        **training.trainer_inputs(model_path, training_args, model_args, tokenizer, train_set, eval_set),
         preprocess_logits_for_metrics=pair_margins if pairwise else None,
         **extra,
     )
-    resume = train_resuming(trainer)
+    resume = training.train_resuming(trainer)
 
     metrics = held_out_metrics(trainer, pairwise) if eval_set is not None else {}
     if trainer.accelerator.is_main_process:
         Path(training_args.output_dir, "ppm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         trainer.accelerator.print(f"held-out: {metrics}" if metrics else "no held-out set: no metrics")
     configs = [script_args, model_args, training_args]
-    finish_training(trainer, configs, ["ppm"], resume, push, also_saved=["ppm_metrics.json"])
+    training.finish_training(trainer, configs, ["ppm"], resume, push, also_saved=["ppm_metrics.json"])
     return trainer
 
 
@@ -449,6 +438,11 @@ __all__ = [
     "readout_text",
     "to_score",
 ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge ppm")
+    train(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":

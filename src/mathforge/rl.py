@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, ModelConfig, RLOOConfig, RLOOTrainer
 
-from mathforge import trl_compat
+from mathforge import training, trl_compat
 from mathforge.cluster import for_generation, outside_zero_init
 from mathforge.config import load_yaml, parse_config
 from mathforge.errors import UserError
@@ -56,7 +56,6 @@ from mathforge.generation import (
 )
 from mathforge.rewards import REWARDS, JudgeError, RewardArguments, build_rewards
 from mathforge.steps import MAX_OUTPUT_CHARS, end_of_turn_token
-from mathforge.training import DatasetArguments, finish_training, hub_push, setup_model, train_resuming
 
 ALGORITHMS = {"grpo": GRPOConfig, "rloo": RLOOConfig}
 ROLLOUT_FORMATS = ("steps", "text")
@@ -64,7 +63,7 @@ GROUP_REWARDS = ("kimi_length", "ai_feedback compare")
 
 
 @dataclass
-class RLScriptArguments(DatasetArguments):
+class RLScriptArguments(training.DatasetArguments):
     """Data, algorithm, rewards and rollouts (the dataset fields are TRL's `ScriptArguments`, see
     :class:`~mathforge.training.DatasetArguments`: problems with gold answers; RL has no held-out split);
     the hyper-parameters are TRL's `GRPOConfig`/`RLOOConfig`."""
@@ -418,11 +417,13 @@ def train(
     script_args: RLScriptArguments, reward_args: RewardArguments, training_args, model_args: ModelConfig
 ):
     from transformers import AutoTokenizer
-    from trl import GRPOTrainer, get_peft_config
+    from trl import GRPOTrainer
 
-    model_path = setup_model(model_args, training_args, "(the stage-1 policy, e.g. the SFT output folder)")
+    model_path = training.setup_model(
+        model_args, training_args, "(the stage-1 policy, e.g. the SFT output folder)"
+    )
     _check(script_args, reward_args, training_args)
-    push = hub_push(training_args)
+    push = training.hub_push(training_args)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.16
     # left padding: what TRL expects of its processing class, and what batched `generate` needs
     tokenizer = AutoTokenizer.from_pretrained(
@@ -452,12 +453,8 @@ def train(
 
     train_set = load_train_set(script_args)
     common = dict(
-        model=model_path,
+        **training.trainer_inputs(model_path, training_args, model_args, tokenizer, train_set),
         reward_funcs=rewards,
-        args=training_args,
-        train_dataset=train_set,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
     )
     if isinstance(training_args, GRPOConfig):
         if steps_format and training_args.use_vllm:
@@ -471,12 +468,12 @@ def train(
         trainer = RLOOTrainer(**common)
 
     try:
-        resume = train_resuming(trainer)
+        resume = training.train_resuming(trainer)
     finally:
         if rollout is not None:
             rollout.close()
     configs = [script_args, reward_args, model_args, training_args]
-    finish_training(trainer, configs, ["rl", script_args.algorithm], resume, push)
+    training.finish_training(trainer, configs, ["rl", script_args.algorithm], resume, push)
     return trainer
 
 

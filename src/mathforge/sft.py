@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig
 
+from mathforge import training
 from mathforge.config import parse_config
 from mathforge.data.loading import PROBLEM_COLUMNS, pick_column, read_dataset
 from mathforge.errors import UserError
 from mathforge.steps import end_of_turn_token
-from mathforge.training import DatasetArguments, finish_training, hub_push, setup_model, train_resuming
 
 SOLUTION_COLUMNS = ("solution", "completion", "response", "answer_text")
 
 
 @dataclass
-class SFTScriptArguments(DatasetArguments):
+class SFTScriptArguments(training.DatasetArguments):
     """What to train on (the dataset fields are TRL's `ScriptArguments`, see
     :class:`~mathforge.training.DatasetArguments`; ``dataset_test_split`` is evaluated when eval_strategy is
     not 'no'); the training hyper-parameters are TRL's `SFTConfig`, the model TRL's `ModelConfig`."""
@@ -109,21 +109,16 @@ def config_types(recipe: dict | None = None) -> list[type]:
     return [SFTScriptArguments, SFTConfig, ModelConfig]
 
 
-def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge sft")
-    train(script_args, training_args, model_args)
-
-
 def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):
     from transformers import AutoTokenizer
-    from trl import SFTTrainer, get_peft_config
+    from trl import SFTTrainer
 
-    model_path = setup_model(
+    model_path = training.setup_model(
         model_args, training_args, "(a Hub id or a local folder, e.g. from `mathforge tiny-model`)"
     )
     if not script_args.dataset_name:
         raise UserError("no training data: set dataset_name (Hub id or local .jsonl/.parquet)")
-    push = hub_push(training_args)
+    push = training.hub_push(training_args)
 
     name, config = script_args.dataset_name, script_args.dataset_config
     train_set = to_prompt_completion(read_dataset(name, script_args.dataset_train_split, config), script_args)
@@ -143,16 +138,16 @@ def train(script_args: SFTScriptArguments, training_args: SFTConfig, model_args:
         eval_set = tokenize_masking_outputs(eval_set, tokenizer) if eval_set is not None else None
 
     trainer = SFTTrainer(
-        model=model_path,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        **training.trainer_inputs(model_path, training_args, model_args, tokenizer, train_set, eval_set)
     )
-    resume = train_resuming(trainer)
-    finish_training(trainer, [script_args, model_args, training_args], ["sft"], resume, push)
+    resume = training.train_resuming(trainer)
+    training.finish_training(trainer, [script_args, model_args, training_args], ["sft"], resume, push)
     return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_config(config_types(), argv, prog="mathforge sft")
+    train(script_args, training_args, model_args)
 
 
 if __name__ == "__main__":

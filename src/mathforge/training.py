@@ -2,7 +2,8 @@
 resuming, and the end of training (save, report, recipe, card, Hub).
 
 Each stage's ``train`` reads as: check and set up the model (:func:`setup_model`), check the Hub target
-(:func:`hub_push`), load data, build TRL's trainer, :func:`train_resuming`, :func:`finish_training`.
+(:func:`hub_push`), load data, build TRL's trainer (from :func:`trainer_inputs`), :func:`train_resuming`,
+:func:`finish_training`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def setup_model(model_args, training_args, hint: str) -> str:
         **(training_args.model_init_kwargs or {}),
     }
     return path
+
+
+def trainer_inputs(model_path: str, training_args, model_args, tokenizer, train_set, eval_set=None) -> dict:
+    """The keyword arguments every stage gives its TRL trainer: the model (a path TRL loads with the
+    ``model_init_kwargs`` of :func:`setup_model`), the options, the data, the tokenizer, and the PEFT adapter
+    that `ModelConfig` asks for (None: full fine-tuning)."""
+    from trl import get_peft_config
+
+    return {
+        "model": model_path,
+        "args": training_args,
+        "train_dataset": train_set,
+        "eval_dataset": eval_set,
+        "processing_class": tokenizer,
+        "peft_config": get_peft_config(model_args),
+    }
 
 
 def hub_push(training_args):
