@@ -169,7 +169,9 @@ def test_agent_loop_instantiated_as_verl_does(tiny_model, tokenizer, tmp_path):
             data_config=DictConfigWrap(config.data),
             tools=ToolListWrap([]),
         )
-        assert agent.step_config.max_step_tokens == 512
+        # the recipe's step options reach the loop verl builds (through agent_loop_config_path)
+        recipe_step_tokens = yaml.safe_load(RECIPES[0].read_text())["max_step_tokens"]
+        assert agent.step_config.max_step_tokens == loop.max_step_tokens == recipe_step_tokens
         return await agent.run(
             {"temperature": 1.0, "logprobs": False}, raw_prompt=[{"role": "user", "content": "6*7?"}]
         )
@@ -178,10 +180,13 @@ def test_agent_loop_instantiated_as_verl_does(tiny_model, tokenizer, tmp_path):
     assert out.extra_fields == {"rollout_end": "answer", "model_tokens": 24, "num_steps": 1, "code_errors": 0}
     assert tokenizer.decode(out.prompt_ids) == "<|im_start|>user\n6*7?<|im_end|>\n<|im_start|>assistant\n"
     response = tokenizer.decode(out.response_ids)
+    # stopped at </answer>, the system ends the line and the turn: the text SFT trained on (SOLUTION + <|im_end|>)
     assert (
         response
-        == "<step>\nx = 6 * 7\nprint(x)\n</step>\n<output>\n42\n</output>\n<answer>\n\\boxed{42}\n</answer><|im_end|>"
+        == "<step>\nx = 6 * 7\nprint(x)\n</step>\n<output>\n42\n</output>\n<answer>\n\\boxed{42}\n</answer>\n<|im_end|>"
     )
+    sampled = [t for t, by_model in zip(out.response_ids, out.response_mask) if by_model]
+    assert len(sampled) == out.extra_fields["model_tokens"]
     tensors = out.as_dict()
     assert tensors["responses"].shape == tensors["response_mask"].shape == (len(out.response_ids),)
     assert len(set(server.requests)) == 1  # one request id per trajectory (the server's prefix cache)
