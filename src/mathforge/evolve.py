@@ -189,7 +189,7 @@ class EvolveConfig:
         metadata={
             "help": "stage -> OMP_NUM_THREADS of its process (stages in `subprocess` or `accelerate`). On a "
             "2-core CPU the search is faster with 1, where vLLM's threads would compete with the executor's "
-            "processes for the cores (tiny demo, 160 problems of round 1: 71 s vs 101 s with 2)."
+            "processes for the cores (measured: docs/experiments.md)."
         },
     )
     log_to_console: bool = field(
