@@ -97,3 +97,24 @@ def test_saved_recipe_never_holds_a_token():
 
     assert to_dict(Hub(hub_token="hf_secret")) == {"hub_token": "<HUB_TOKEN>", "eos_token": "<|im_end|>"}
     assert to_dict(Hub()) == {"hub_token": None, "eos_token": "<|im_end|>"}
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    from mathforge.config import atomic_path, write_atomic
+
+    path = tmp_path / "results.json"
+    write_atomic(path, "first\n")
+    write_atomic(path, b"second\n")
+    assert path.read_text() == "second\n" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # an ordinary file, not a private temp file
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "second\n" and [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -8,10 +8,12 @@ a missing or malformed YAML file, an unknown key (named), an unknown option, a b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +152,38 @@ def to_dict(*configs) -> dict[str, Any]:
     return out
 
 
-def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `data` as YAML atomically (temp file + rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block ends, removed if it
+    raises. A reader (or a resumed run) never sees a half-written file."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-__all__ = ["parse_config", "check_keys", "load_yaml", "to_dict", "save_yaml", "UserError"]
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write text (UTF-8) or bytes to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def save_yaml(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `data` as YAML atomically."""
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+__all__ = [
+    "parse_config",
+    "check_keys",
+    "load_yaml",
+    "to_dict",
+    "save_yaml",
+    "write_atomic",
+    "atomic_path",
+    "UserError",
+]

@@ -58,7 +58,7 @@ import yaml
 
 from mathforge.cli import die_with_parent
 from mathforge.cluster import Nodes, NodeSync, nodes_from_env
-from mathforge.config import load_yaml, save_yaml
+from mathforge.config import load_yaml, save_yaml, write_atomic
 from mathforge.errors import UserError
 
 # stage -> module run with `--config step_recipe.yaml`
@@ -774,9 +774,7 @@ def _record_time(run_dir: Path, step: Step, seconds: float) -> None:
     path = run_dir / "timings.json"
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[step.label] = round(timings.get(step.label, 0.0) + seconds, 1)  # a resumed step adds up
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(timings, indent=2) + "\n")
 
 
 def _console_fd() -> int | None:

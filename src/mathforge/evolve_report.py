@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mathforge.eval.report import format_cell, load_samples, paired, save_figure, write_atomic
+from mathforge.config import write_atomic
+from mathforge.eval.report import format_cell, load_samples, paired, save_figure
 
 # column key, heading (a key with a "_se" twin is shown as value ± s.e.)
 COLUMNS = (

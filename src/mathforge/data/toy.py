@@ -40,13 +40,13 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from mathforge.config import write_atomic
 from mathforge.errors import UserError
 from mathforge.steps import SYSTEM_PROMPT, Step, boxed_answer, render_solution
 
@@ -1476,17 +1476,6 @@ def check_disjoint(train: list[dict], test: list[dict]) -> None:
             )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(
     output_dir: str | os.PathLike,
     n_train: int,
@@ -1512,7 +1501,7 @@ def write_dataset(
     check_disjoint(splits["train"], splits["test"])
     out.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
-        _write_atomic(
+        write_atomic(
             out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         )
     meta = {
@@ -1525,7 +1514,7 @@ def write_dataset(
         "counts": {split: len(records) for split, records in splits.items()},
         "answer_format": "integer or reduced fraction a/b, as Python prints int/Fraction",
     }
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -10,14 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from mathforge.config import write_atomic
 from mathforge.errors import UserError
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
 
 
 def format_cell(value) -> str:
@@ -273,6 +267,5 @@ __all__ = [
     "plot_accuracy",
     "plot_token_budget",
     "save_figure",
-    "write_atomic",
     "write_reports",
 ]

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mathforge.cluster import launched_shard
-from mathforge.config import parse_config, to_dict
+from mathforge.config import parse_config, to_dict, write_atomic
 from mathforge.data.loading import DataArguments
 from mathforge.errors import UserError
 from mathforge.eval.metrics import DEFAULT_BUDGETS, average, benchmark_metrics
 from mathforge.eval.parallel import launched_part, merge_if_complete, run_data_parallel
-from mathforge.eval.report import compare, load_results, load_samples, paired, write_atomic, write_reports
+from mathforge.eval.report import compare, load_results, load_samples, paired, write_reports
 from mathforge.eval.scoring import PREDICTION_COLUMNS, extraction_for, extraction_policies, score_predictions
 from mathforge.generation import DTYPE_HELP
 from mathforge.steps import MAX_OUTPUT_CHARS

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mathforge.config import is_local
+from mathforge.config import atomic_path, is_local
 from mathforge.errors import UserError
 from mathforge.verl.agent_loop import AGENT_NAME
 
@@ -57,9 +57,8 @@ def write_parquet(rows: list[dict], path: str | os.PathLike) -> Path:
         raise UserError(f"no problems to export to {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     return path
 
 
