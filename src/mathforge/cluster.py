@@ -219,6 +219,13 @@ class NodeSync:
                 f"{where} ({first}); check MAIN_ADDR and that EVOLVE_PORT is free on node 0"
             ) from None
 
+    def __enter__(self) -> NodeSync:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:  # this node stops: the others stop with its error instead of waiting for it
+            self.abort(str(error) or kind.__name__)
+
     def tell(self, key: str, value: str) -> None:
         self.store.set(key, value)
 

@@ -794,31 +794,26 @@ def evolve(config: EvolveConfig, echo: Callable[[str], None] = print, live: bool
 
     plan = Plan(config)
     plan.validate()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     nodes = nodes_from_env()
     if not nodes.leads:
         return _follow(plan, nodes, echo)
-    sync = None
     if nodes.many:
         echo(
             f"[evolve] node 0 of {nodes.num_machines}: serving the step store at {nodes.main_addr}:{nodes.evolve_port}"
         )
-        sync = NodeSync(nodes)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(dataclasses.asdict(config), plan.run_dir / "evolve.yaml")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if live is None:
         live = echo is print and not config.log_to_console
     console = _console_fd() if live else None
     started = time.perf_counter()
     try:
-        _run_steps(plan, config, echo, console, nodes, sync)
-        report = write_report(plan.run_dir, plan)
-        if sync is not None:
-            sync.finish()  # the followers may still be reading the last step's word from this store
-    except BaseException as err:
-        if sync is not None:
-            sync.abort(str(err) or type(err).__name__)
-        raise
+        with NodeSync(nodes) if nodes.many else contextlib.nullcontext() as sync:
+            _run_steps(plan, config, echo, console, sync)
+            report = write_report(plan.run_dir, plan)
+            if sync is not None:
+                sync.finish()  # the followers may still be reading the last step's word from this store
     finally:
         if console is not None:
             os.close(console)
@@ -834,9 +829,7 @@ def _follow(plan: Plan, nodes: Nodes, echo: Callable[[str], None]) -> dict:
     echo(
         f"[evolve] node {rank} of {nodes.num_machines}: following node 0 at {nodes.main_addr}:{nodes.evolve_port}"
     )
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sync = NodeSync(nodes)
-    try:
+    with NodeSync(nodes) as sync:
         for index, step in enumerate(plan.steps, start=1):
             order = sync.hear(f"step {index}")
             if order == "launch":
@@ -851,9 +844,6 @@ def _follow(plan: Plan, nodes: Nodes, echo: Callable[[str], None]) -> dict:
                     f"{step.out}: the run folder must be on a file system all nodes share"
                 )
         sync.finish()
-    except BaseException as err:
-        sync.abort(str(err) or type(err).__name__)
-        raise
     echo(f"[evolve] node {rank}: every step finished; the report is written by node 0 in {plan.run_dir}")
     return {"table": f"(node {rank}: see node 0's report in {plan.run_dir / 'report.md'})"}
 
@@ -863,10 +853,12 @@ def _run_steps(
     config: EvolveConfig,
     echo: Callable[[str], None],
     console: int | None,
-    nodes: Nodes = ONE_NODE,
     sync: NodeSync | None = None,
 ) -> None:
+    """Run the plan's unfinished steps here; with ``sync`` (node 0 of several) tell the other nodes each step's fate."""
     from mathforge.evolve_progress import LiveLine
+
+    nodes = sync.nodes if sync is not None else ONE_NODE
 
     total, announced = len(plan.steps), False
     for index, step in enumerate(plan.steps, start=1):
