@@ -388,12 +388,17 @@ def test_two_nodes_on_one_machine_through_launch_sh(tiny_model, problems, tmp_pa
 
 
 def test_launch_sh_needs_the_main_address_for_several_nodes():
-    env = {**ENV, "NUM_MACHINES": "2", "GPUS_PER_NODE": "8"}
+    env = {**ENV, "NUM_MACHINES": "2", "GPUS_PER_NODE": "8", "PYTHON": sys.executable}
     env.pop("MAIN_ADDR", None)
     env.pop("SLURM_JOB_NODELIST", None)
     run = subprocess.run(["bash", str(REPO / "scripts/launch.sh"), str(REPO / "accelerate_configs/zero3.yaml"),
                           "mathforge.sft"], capture_output=True, text=True, env=env)  # fmt: skip
     assert run.returncode == 2 and "needs MAIN_ADDR" in run.stderr
+    # one node, no GPU listed (here) and no GPUS_PER_NODE: nothing to place the processes on
+    env = {k: v for k, v in env.items() if k not in ("NUM_MACHINES", "GPUS_PER_NODE")}
+    run = subprocess.run(["bash", str(REPO / "scripts/launch.sh"), str(REPO / "accelerate_configs/zero3.yaml"),
+                          "mathforge.sft"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip() == "launch.sh: no GPU found; set GPUS_PER_NODE"
 
 
 def test_evolve_launches_search_with_accelerate_and_finds_its_shards(tmp_path):

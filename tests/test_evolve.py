@@ -680,10 +680,29 @@ def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(mo
     assert "round 1, step search_unsolved" not in steps
     assert (
         steps["round 2, step search_unsolved"]["num_rollouts"]
-        == 4 * steps["round 2, step search"]["num_rollouts"]
+        == 2 * steps["round 2, step search"]["num_rollouts"]
     )
     assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM
     assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16
+    # every SFT (the bootstrap and the rounds') leaves the executor's output out of the loss
+    assert all(steps[f"round {k}, step sft"]["mask_executor_output"] is True for k in (0, 1, 2))
+
+
+def test_the_runs_seed_moves_every_stages_seed_but_not_the_inputs(tmp_path):
+    rl = str(REPO / "recipes/tiny/rl/config_toy.yaml")
+    seeds = {}
+    for seed in (0, 3):
+        plan = plan_of(tmp_path / str(seed), seed=seed, rl_recipe=rl)
+        seeds[seed] = {s.label: s.recipe.get("seed") for s in plan.steps}
+    base, moved = seeds[0], seeds[3]
+    for label, value in base.items():
+        if label.startswith("round 0, step") and label.split()[-1] in ("base_model", "toy"):
+            assert moved[label] == value, label  # the run's inputs are the same for every seed
+        elif value is not None:
+            assert moved[label] == value + 3, label
+    assert (
+        moved["round 1, step search"] == 4 and moved["stage 2, step train"] == base["stage 2, step train"] + 3
+    )
 
 
 # --- several nodes (two "nodes" on this machine, MAIN_ADDR 127.0.0.1) ------------------------------------

@@ -11,7 +11,7 @@ in each, exactly as in a one-process run.
 
 **Several nodes** (``mathforge evolve``). Run the same evolve command on every node, each with its place in
 the environment (:func:`nodes_from_env`: Slurm's variables or ``NUM_MACHINES``, ``MACHINE_RANK``,
-``MAIN_ADDR``, ``MAIN_PORT``, ``GPUS_PER_NODE``, as ``scripts/launch.sh`` reads them) and the run folder on
+``MAIN_ADDR``, ``MAIN_PORT``, ``GPUS_PER_NODE``; ``scripts/launch.sh`` reads them with the same function) and the run folder on
 a file system they share. Node 0 leads: it decides, step by step, what is done; a stage with an
 accelerate config is then launched on every node at once (``--num_machines``, ``--machine_rank``, ...),
 every other step runs on node 0 while the others wait (:class:`NodeSync`, a ``torch.distributed.TCPStore``
@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from mathforge.errors import UserError
@@ -145,9 +146,10 @@ class Nodes:
     def leads(self) -> bool:
         return self.machine_rank == 0
 
-    def launch_args(self, accelerate_config: str) -> list[str]:
-        """The ``accelerate launch`` arguments that place this node's processes in the whole job."""
-        if not self.many:
+    def launch_args(self, accelerate_config: str, one_node_too: bool = False) -> list[str]:
+        """The ``accelerate launch`` arguments that place this node's processes in the whole job (with one
+        node: none, unless ``one_node_too``, so that ``gpus_per_node`` sets the processes there too)."""
+        if not (self.many or one_node_too):
             return []
         per_node = self.gpus_per_node
         if per_node is None:
@@ -159,6 +161,40 @@ class Nodes:
             "--num_processes", str(self.num_machines * per_node),
             "--main_process_ip", self.main_addr, "--main_process_port", str(self.main_port),
         ]  # fmt: skip
+
+
+def gpus_on_this_node() -> int:
+    """The GPUs ``nvidia-smi -L`` lists (0 without a driver)."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    except OSError:
+        return 0
+    return sum(line.startswith("GPU") for line in listed.splitlines())
+
+
+def launch_on_this_node(argv: list[str]) -> None:
+    """``scripts/launch.sh CONFIG MODULE [ARGS...]``: ``accelerate launch`` one stage on this node as part of a job
+    of ``NUM_MACHINES`` nodes (:func:`nodes_from_env`); ``GPUS_PER_NODE`` (default: the GPUs listed here) x
+    nodes processes, whatever the config's ``num_processes``."""
+    if len(argv) < 2:
+        raise UserError("usage: scripts/launch.sh ACCELERATE_CONFIG MODULE [ARGS...]")
+    config, module, rest = argv[0], argv[1], argv[2:]
+    if not os.path.isfile(config):
+        raise UserError(f"accelerate config not found: {config}")
+    nodes = nodes_from_env()
+    gpus = nodes.gpus_per_node or gpus_on_this_node()
+    if not gpus:
+        raise UserError("no GPU found; set GPUS_PER_NODE")
+    nodes = replace(nodes, gpus_per_node=gpus)
+    print(
+        f"launch.sh: node {nodes.machine_rank} of {nodes.num_machines}, {gpus} GPUs each, main "
+        f"{nodes.main_addr}:{nodes.main_port}: {module}",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+               *nodes.launch_args(config, one_node_too=True), "-m", module, *rest]  # fmt: skip
+    os.execv(sys.executable, command)
 
 
 def nodes_from_env(environ=None) -> Nodes:
@@ -333,3 +369,11 @@ def generation_guard(trainer) -> dict:
                 "with whole weights; sharded weights would make the ranks wait on each other's calls)"
             )
     return {"synced_gpus": False}
+
+
+if __name__ == "__main__":
+    try:
+        launch_on_this_node(sys.argv[1:])
+    except UserError as err:
+        print(f"launch.sh: {err}", file=sys.stderr)
+        sys.exit(2)

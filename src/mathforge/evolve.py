@@ -196,7 +196,13 @@ class EvolveConfig:
         default=False, metadata={"help": "Show the stages' output instead of writing it to step.log only."}
     )
     seed: int = field(
-        default=0, metadata={"help": "Added to the search seed of each round (round k: seed+k)."}
+        default=0,
+        metadata={
+            "help": "The run's seed: round k searches with seed+k; the trainers (sft, ppm, rl) and the "
+            "evaluations use their recipe's seed + this (0: the recipes' own). The base model and the toy "
+            "data keep their own seeds (tiny_model.seed, toy_data.seed): runs with different seeds start "
+            "from the same inputs."
+        },
     )
     precision: str = field(
         default="auto",
@@ -396,6 +402,8 @@ class Plan:
         for more in layers:
             recipe.update(_subst(more, paths))
         explicit = {key for more in layers for key in more}
+        if self.config.seed and stage in (*TRAINERS, "eval") and "seed" not in explicit:
+            recipe["seed"] = int(stage_option(stage, recipe, "seed")) + self.config.seed
         recipe.update({k: v for k, v in self._precision_keys(stage, recipe).items() if k not in explicit})
         recipe.update(outputs)  # never overridden: the done checks look there
         return recipe
