@@ -126,6 +126,7 @@ def test_output_paths_cannot_be_overridden_and_placeholders_resolve(tmp_path):
         ({"toy_data": {"n_trains": 8}}, "round 0, step toy: unknown key 'n_trains' for `mathforge data toy`"),
         ({"eval_search": {"serch": "best_of_n"}}, "round 1, step eval_search: unknown key 'serch'"),
         ({"rounds": [{"extract": {"min_qq": 0.1}}]}, "round 1, step extract: unknown key 'min_qq'"),
+        ({"rounds": [{"eval_search": "no"}]}, "round 1: eval_search is true or false, not 'no'"),
         # the RLOO switch picks the TRL config the keys are checked against: RLOOConfig has no loss_type
         # (the tiny GRPO recipe sets it), GRPOConfig no normalize_advantages
         (
@@ -667,7 +668,7 @@ def test_live_line_reads_the_steps_own_progress_bar(tmp_path):
     )
 
 
-def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(monkeypatch):
+def test_demo_recipe_plans_600_held_out_640_per_round_masked_sft(monkeypatch):
     from mathforge.precision import this_cpu
 
     monkeypatch.chdir(REPO)
@@ -677,11 +678,9 @@ def test_demo_recipe_plans_600_held_out_640_per_round_and_the_last_round_rule(mo
     assert plan.config.toy_data["n_test"] >= 600 and plan.config.eval_problems == 600
     assert all(steps[f"round {k}, step eval_greedy"]["max_problems"] == 600 for k in (0, 1, 2))
     assert [steps[f"round {k}, step search"]["max_problems"] for k in (1, 2)] == [640, 640]
-    assert "round 1, step search_unsolved" not in steps
-    assert (
-        steps["round 2, step search_unsolved"]["num_rollouts"]
-        == 2 * steps["round 2, step search"]["num_rollouts"]
-    )
+    # greedy in every round, PPM-guided best-of-4 in the last; no never-solved pass (its plan: below)
+    assert [k for k in (1, 2) if f"round {k}, step eval_search" in steps] == [2]
+    assert not any("search_unsolved" in label for label in steps)
     assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM
     assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16
     # every SFT (the bootstrap and the rounds') leaves the executor's output out of the loss

@@ -78,7 +78,7 @@ TRAINERS = ("sft", "ppm", "rl")
 LAUNCHABLE = (*TRAINERS, "search")
 ROUND_KEYS = (
     "num_rollouts", "num_candidates", "max_problems", "unsolved_rollouts_factor",
-    "search", "extract", "sft", "ppm", "eval",
+    "search", "extract", "sft", "ppm", "eval", "eval_search",
 )  # fmt: skip
 PRECISIONS = ("auto", "bf16", "float32", "recipe")
 ONE_NODE = Nodes()  # a run on this machine alone
@@ -139,7 +139,7 @@ class EvolveConfig:
         default_factory=list,
         metadata={
             "help": f"One mapping per self-evolution round, keys from {', '.join(ROUND_KEYS)}: search shape "
-            "and per-stage overrides for that round."
+            "and per-stage overrides for that round (eval_search: false skips that round's search evaluation)."
         },
     )
     sft_recipe: str | None = field(default=None, metadata={"help": "Recipe YAML of every SFT step."})
@@ -340,6 +340,8 @@ class Plan:
             for key in r:
                 if key not in ROUND_KEYS:
                     raise UserError(f"round {k}: unknown key '{key}' (choose from: {', '.join(ROUND_KEYS)})")
+            if r.get("eval_search", True) is not True and r["eval_search"] is not False:
+                raise UserError(f"round {k}: eval_search is true or false, not {r['eval_search']!r}")
         for stage in ("sft", "search", "ppm", "eval", "rl"):
             path = getattr(c, f"{stage}_recipe")
             if path is not None:
@@ -493,7 +495,7 @@ class Plan:
             )  # fmt: skip
             self._add(where, "ppm", "ppm", recipe, _has(ppm_out, "model.safetensors", "ppm_metrics.json"))
             ppm = str(ppm_out)
-            self._eval(where, policy, ppm, eval_data, rnd.get("eval"))
+            self._eval(where, policy, ppm, eval_data, rnd.get("eval"), search=rnd.get("eval_search", True))
 
         if c.rl_recipe is not None:
             paths = self._paths(policy, ppm)
