@@ -3,6 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
+SEED   ?= 0
 VENV_VERL_CONFIG ?= .venv-verl-config
 
 .PHONY: demo test lint bench gpu-check clean venv-verl venv-verl-config test-verl gpu-check-verl
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(RUN)
+	SEED=$(SEED) bash scripts/demo.sh $(RUN)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/demo}
+SEED=${SEED:-0}   # `make demo SEED=1 RUN=runs/demo-s1`: another run of the recipe from the same base model and data
 export TOKENIZERS_PARALLELISM=false
 exec .venv/bin/mathforge evolve --config recipes/tiny/evolve.yaml \
-  --runs_dir "$(dirname "$RUN")" --name "$(basename "$RUN")"
+  --runs_dir "$(dirname "$RUN")" --name "$(basename "$RUN")" --seed "$SEED"
