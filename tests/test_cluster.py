@@ -479,3 +479,32 @@ def test_nodes_from_the_environment_and_their_launch_arguments(tmp_path):
     ):
         with pytest.raises(UserError, match=message):
             nodes_from_env(bad)
+
+
+def test_node_0_keeps_its_store_until_the_other_node_has_read_why_it_stopped():
+    """Node 0 (its own process) fails and exits; node 1 asks only 2 s later and still gets node 0's error,
+    not "node 0 is gone": node 0 serves the store until node 1 has seen the abort."""
+    import socket
+
+    from mathforge.cluster import Nodes, NodeSync
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    leader = (
+        "import sys; from mathforge.cluster import Nodes, NodeSync\n"
+        f"nodes = Nodes(2, 0, '127.0.0.1', {port - 1}, {port}, 1)\n"
+        "with NodeSync(nodes):\n"
+        "    print('serving', flush=True)\n"
+        "    raise SystemExit('round 0, step sft: broken base model')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", leader], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "serving"
+        sync = NodeSync(Nodes(2, 1, "127.0.0.1", port - 1, port, 1), connect_timeout=30)
+        time.sleep(2.0)  # node 0 has aborted by now; without the grace its process would be gone
+        with pytest.raises(UserError, match="stopped because node 0 failed: round 0, step sft: broken base"):
+            sync.hear("step 1")
+        assert proc.wait(timeout=30) != 0
+    finally:
+        proc.kill()

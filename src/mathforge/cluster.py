@@ -234,9 +234,11 @@ class NodeSync:
 
     Keys: ``step <i>`` = ``launch`` (every node launches it now), ``done`` (node 0 ran it; its outputs
     are in the shared run folder) or ``skip`` (finished before); ``abort`` = the error that stopped a node;
-    ``finished <rank>`` = a follower is through its steps (node 0, serving the store, waits for these)."""
+    ``finished <rank>`` = a follower is through its steps (node 0, serving the store, waits for these);
+    ``stopped <rank>`` = a follower saw the abort (node 0 keeps serving until then, so the follower reads why)."""
 
     POLL_SECONDS = 1.0
+    ABORT_GRACE_SECONDS = 30.0
 
     def __init__(self, nodes: Nodes, connect_timeout: float = 1800.0):
         from torch.distributed import TCPStore
@@ -261,6 +263,7 @@ class NodeSync:
     def __exit__(self, kind, error, traceback) -> None:
         if error is not None:  # this node stops: the others stop with its error instead of waiting for it
             self.abort(str(error) or kind.__name__)
+            self._wait_for_followers_to_stop()
 
     def tell(self, key: str, value: str) -> None:
         self.store.set(key, value)
@@ -270,7 +273,10 @@ class NodeSync:
         while True:
             try:
                 if self.store.check(["abort"]):
-                    raise UserError(f"stopped because {self.store.get('abort').decode()}")
+                    why = self.store.get("abort").decode()
+                    if not self.nodes.leads:
+                        self.store.set(f"stopped {self.nodes.machine_rank}", "1")
+                    raise UserError(f"stopped because {why}")
                 if self.store.check([key]):
                     return self.store.get(key).decode()
             except (RuntimeError, OSError) as err:  # DistStoreError and connection errors
@@ -278,8 +284,23 @@ class NodeSync:
             time.sleep(self.POLL_SECONDS)
 
     def abort(self, message: str) -> None:
+        """Tell the other nodes why this one stops (the first abort's message stays)."""
         with contextlib.suppress(RuntimeError, OSError):
-            self.store.set("abort", f"node {self.nodes.machine_rank} failed: {message}")
+            if not self.store.check(["abort"]):
+                self.store.set("abort", f"node {self.nodes.machine_rank} failed: {message}")
+            if not self.nodes.leads:
+                self.store.set(f"stopped {self.nodes.machine_rank}", "1")
+
+    def _wait_for_followers_to_stop(self) -> None:
+        """Node 0 serves the store: closing it at once would leave a follower reading "node 0 is gone"."""
+        if not self.nodes.leads:
+            return
+        deadline = time.monotonic() + self.ABORT_GRACE_SECONDS
+        waiting = [f"stopped {rank}" for rank in range(1, self.nodes.num_machines)]
+        with contextlib.suppress(RuntimeError, OSError):
+            while waiting and time.monotonic() < deadline:
+                waiting = [key for key in waiting if not self.store.check([key])]
+                time.sleep(0.1)
 
     def finish(self) -> None:
         """A follower reports it is through; node 0 waits until every follower has (it serves the store)."""

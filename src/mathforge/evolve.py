@@ -340,7 +340,7 @@ class Plan:
             for key in r:
                 if key not in ROUND_KEYS:
                     raise UserError(f"round {k}: unknown key '{key}' (choose from: {', '.join(ROUND_KEYS)})")
-            if r.get("eval_search", True) is not True and r["eval_search"] is not False:
+            if not isinstance(r.get("eval_search", True), bool):
                 raise UserError(f"round {k}: eval_search is true or false, not {r['eval_search']!r}")
         for stage in ("sft", "search", "ppm", "eval", "rl"):
             path = getattr(c, f"{stage}_recipe")
