@@ -80,6 +80,33 @@ def test_plan_order_wiring_and_folders(tmp_path):
     plan.validate()  # every key of every step recipe is an option of its stage
 
 
+def test_sft_data_all_rounds_trains_each_round_on_every_rounds_solutions_so_far(tmp_path):
+    rounds = [{"num_rollouts": 4}, {"num_rollouts": 4}, {"num_rollouts": 4}]
+    plan = plan_of(tmp_path, rounds=rounds, sft_data="all_rounds")
+    steps = {s.label: s for s in plan.steps}
+    run = tmp_path / "runs" / "micro"
+    assert steps["round 1, step sft"].recipe["dataset_name"] == str(run / "round_1" / "extract" / "sft")
+    assert steps["round 1, step sft"].prepare is None
+    for k in (2, 3):
+        assert steps[f"round {k}, step sft"].recipe["dataset_name"] == str(run / f"round_{k}" / "sft_data")
+    for k in (1, 2, 3):  # what the rounds' extractions would write; the last one without a final newline
+        path = run / f"round_{k}" / "extract" / "sft" / "train.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text(f'{{"id": "a{k}"}}\n{{"id": "b{k}"}}' + ("\n" if k < 3 else ""))
+    steps["round 3, step sft"].prepare()
+    rows = (run / "round_3" / "sft_data" / "train.jsonl").read_text().splitlines()
+    assert [json.loads(r)["id"] for r in rows] == ["a1", "b1", "a2", "b2", "a3", "b3"]
+    steps["round 2, step sft"].prepare()
+    assert len((run / "round_2" / "sft_data" / "train.jsonl").read_text().splitlines()) == 4
+    # the default: each round's own set
+    plan = plan_of(tmp_path / "default", rounds=rounds)
+    assert (
+        {s.label: s for s in plan.steps}["round 3, step sft"]
+        .recipe["dataset_name"]
+        .endswith("round_3/extract/sft")
+    )
+
+
 def test_output_paths_cannot_be_overridden_and_placeholders_resolve(tmp_path):
     overrides = micro_config(tmp_path)["overrides"]
     overrides["sft"]["output_dir"] = "/elsewhere"
@@ -437,6 +464,8 @@ def test_stage_two_rl_and_its_report(run_root, tmp_path):
 def test_config_dataclass_rejects_bad_values():
     with pytest.raises(ValueError, match="sft_init"):
         EvolveConfig(sft_init="latest")
+    with pytest.raises(ValueError, match="sft_data must be round or all_rounds"):
+        EvolveConfig(sft_data="all")
 
 
 @pytest.mark.parametrize("model", ["Qwen2.5-Math-7B", "Qwen2.5-Math-1.5B"])
@@ -685,6 +714,9 @@ def test_demo_recipe_plans_600_held_out_640_per_round_masked_sft(monkeypatch):
     assert steps["stage 2, step train"]["bf16"] is this_cpu().train_bf16
     # every SFT (the bootstrap and the rounds') leaves the executor's output out of the loss
     assert all(steps[f"round {k}, step sft"]["mask_executor_output"] is True for k in (0, 1, 2))
+    # round 2 trains on both rounds' solutions, one pass (20 steps x 32 for one round's ~650, 40 for both)
+    assert steps["round 2, step sft"]["dataset_name"].endswith("round_2/sft_data")
+    assert [steps[f"round {k}, step sft"]["max_steps"] for k in (1, 2)] == [20, 40]
 
 
 def test_the_runs_seed_moves_every_stages_seed_but_not_the_inputs(tmp_path):

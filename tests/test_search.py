@@ -430,6 +430,38 @@ def test_majority_vote_on_a_hand_made_case(grader):
     assert inference.vote(fracs, grader=grader)[0] == 0  # with a grader 1/2 = 0.5: a 2-2 tie, seen first
 
 
+def test_weighted_vote_sums_the_scores_of_each_answer(grader):
+    from types import SimpleNamespace
+
+    def solution(answer, completion):
+        return SimpleNamespace(answer=answer, completion=completion, num_tokens=10)
+
+    groups = [
+        [
+            solution("\\boxed{3}", "a"),
+            solution("\\boxed{4}", "b"),
+            solution("\\boxed{ 4 }", "c"),
+            solution(None, "d"),
+        ],
+        [solution(None, "e")],
+    ]
+    scores = {"Pa": 0.9, "Pb": -0.2, "Pc": 0.0}
+
+    def scorer(texts):
+        return [scores[t] for t in texts]
+
+    # 3 weighs (0.9 + 1) / 2 = 0.95, 4 weighs 0.4 + 0.5 = 0.9: the surer answer beats the more frequent one
+    first, nothing = inference.weighted_vote(["P", "Q"], groups, scorer, grader)
+    assert (first.answer, first.completion) == ("\\boxed{3}", "a")
+    assert first.score == pytest.approx(0.95 / 1.85) and first.tokens == 40
+    assert (nothing.answer, nothing.score, nothing.tokens) == (None, None, 10)
+    # a less sure 3 (0.75) loses to the two votes for 4, represented by the better-scored of them
+    scores["Pa"] = 0.5
+    first, _ = inference.weighted_vote(["P", "Q"], groups, scorer, grader)
+    assert (first.answer, first.completion) == ("\\boxed{ 4 }", "c")
+    assert inference.best_of_n(["P", "Q"], groups, scorer)[0].completion == "a"  # best-of-N: the top score
+
+
 def test_inference_modes_return_answers(problems, generator, executor):
     rows = [json.loads(line) for line in problems.read_text().splitlines()][:2]
     prompts = [steps.chat_prompt(generator.tokenizer, r["problem"]) for r in rows]
@@ -443,6 +475,7 @@ def test_inference_modes_return_answers(problems, generator, executor):
     results = {
         "majority": inference.majority_vote(groups),
         "best_of_n": inference.best_of_n(prompts, groups, scorer),
+        "weighted_vote": inference.weighted_vote(prompts, groups, scorer),
     }
     before = len(counting.calls)
     beam_sampling = SamplingConfig(n=3, temperature=0.7, max_new_tokens=256)

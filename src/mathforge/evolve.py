@@ -170,6 +170,14 @@ class EvolveConfig:
             "(the previous round's policy)."
         },
     )
+    sft_data: str = field(
+        default="round",
+        metadata={
+            "help": "What each round's SFT trains on: round (the solutions that round's search found) or "
+            "all_rounds (those of every round so far, concatenated in round_<k>/sft_data/: with a few hundred "
+            "solved problems a round, one round's set alone moves the policy by chance as much as by skill)."
+        },
+    )
     accelerate: dict = field(
         default_factory=dict,
         metadata={
@@ -220,6 +228,8 @@ class EvolveConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"sft_init must be base or previous, not {self.sft_init!r}")
+        if self.sft_data not in ("round", "all_rounds"):
+            raise ValueError(f"sft_data must be round or all_rounds, not {self.sft_data!r}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a folder name, not {self.name!r}")
 
@@ -453,6 +463,7 @@ class Plan:
         self._eval("round 0", policy, "", eval_data, None)
 
         searched_trees: list[Path] = []  # every tree file of the rounds so far
+        sft_sets: list[Path] = []  # every round's extracted SFT solutions so far
         for k, rnd in enumerate(c.rounds, start=1):
             where, rdir = f"round {k}", self.run_dir / f"round_{k}"
             paths = self._paths(policy, ppm)
@@ -487,7 +498,11 @@ class Plan:
             self._add(where, "extract", "extract", recipe, _has(extract_out, "stats.json", "sft/train.jsonl", "pairs/train.jsonl"),
                       check=self._data_check(where, extract_out))  # fmt: skip
             start = self.base_model if c.sft_init == "base" else policy
-            policy = self._sft(where, start, str(extract_out / "sft"), rnd.get("sft"), ppm)
+            sft_sets.append(extract_out / "sft" / "train.jsonl")
+            if c.sft_data == "all_rounds" and k > 1:
+                policy = self._sft(where, start, str(rdir / "sft_data"), rnd.get("sft"), ppm, list(sft_sets))
+            else:
+                policy = self._sft(where, start, str(extract_out / "sft"), rnd.get("sft"), ppm)
             ppm_out = rdir / "ppm"
             recipe = self._recipe(
                 "ppm", {"model_name_or_path": policy, "dataset_name": str(extract_out / "pairs")},
@@ -567,13 +582,35 @@ class Plan:
         self._add(where, "search_unsolved", "search", recipe, done, prepare=prepare)
         return str(trees)
 
-    def _sft(self, where: str, start: str, dataset: str, extra: dict | None, ppm: str) -> str:
+    def _sft(
+        self,
+        where: str,
+        start: str,
+        dataset: str,
+        extra: dict | None,
+        ppm: str,
+        sets: list[Path] | None = None,
+    ) -> str:
+        """The SFT step; with ``sets`` (several rounds' SFT files), ``dataset`` is a folder that the step fills
+        with their concatenation just before it runs (the rounds' extractions exist only by then)."""
         out = self.run_dir / where.replace("round ", "round_") / "sft"
         recipe = self._recipe(
             "sft", {"model_name_or_path": start, "dataset_name": dataset}, {"output_dir": str(out)}, extra,
             paths=self._paths(start, ppm),
         )  # fmt: skip
-        self._add(where, "sft", "sft", recipe, _has(out, "model.safetensors", "recipe.yaml"))
+
+        def concatenate() -> None:
+            target = Path(dataset) / "train.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                for path in sets:
+                    text = path.read_text()
+                    f.write(text if text.endswith("\n") or not text else text + "\n")
+            tmp.replace(target)
+
+        self._add(where, "sft", "sft", recipe, _has(out, "model.safetensors", "recipe.yaml"),
+                  prepare=concatenate if sets else None)  # fmt: skip
         return str(out)
 
     def _eval(self, where: str, policy: str, ppm: str, dataset: str | None, extra: dict | None, search=True):

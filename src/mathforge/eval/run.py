@@ -40,7 +40,7 @@ from mathforge.generation import DTYPE_HELP
 from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
-SEARCH_MODES = ("none", "majority", "best_of_n", "beam", "mcts")
+SEARCH_MODES = ("none", "majority", "best_of_n", "weighted_vote", "beam", "mcts")
 # EvalConfig fields passed on to the vLLM generator as they are
 VLLM_OPTIONS = (
     "tensor_parallel_size",
@@ -127,7 +127,10 @@ class EvalConfig:
             "benchmarks, and/or NAME=POLICY per benchmark, e.g. 'strict gsm8k=lenient'."
         },
     )
-    search: str = field(default="none", metadata={"help": "none, majority, best_of_n, beam or mcts."})
+    search: str = field(
+        default="none",
+        metadata={"help": "none, majority, best_of_n, weighted_vote (PPM-weighted majority), beam or mcts."},
+    )
     ppm_path: str | None = field(default=None, metadata={"help": "PPM for best_of_n, beam and mcts."})
     ppm_device: str | None = field(
         default=None,
@@ -142,7 +145,9 @@ class EvalConfig:
     ppm_gpu_memory_utilization: float = field(
         default=0.2, metadata={"help": "ppm_backend vllm: the PPM engine's fraction of the GPU."}
     )
-    search_n: int = field(default=8, metadata={"help": "majority/best_of_n: solutions per problem."})
+    search_n: int = field(
+        default=8, metadata={"help": "majority/best_of_n/weighted_vote: solutions per problem."}
+    )
     beams: int = field(default=3, metadata={"help": "beam: B1, beams kept."})
     beam_samples: int = field(default=4, metadata={"help": "beam: B2, steps sampled per beam."})
     mcts_rollouts: int = field(default=16, metadata={"help": "mcts: rollouts per problem."})
@@ -189,7 +194,7 @@ class EvalConfig:
             raise ValueError("several samples (n > 1 or a search) need sampling: set --temperature, e.g. 0.7")
         if self.search != "none" and self.n != 1:
             raise ValueError("a search returns one answer per problem: leave n at 1 and set search_n/beams")
-        if self.search in ("best_of_n", "beam", "mcts") and not self.ppm_path:
+        if self.search in ("best_of_n", "weighted_vote", "beam", "mcts") and not self.ppm_path:
             raise ValueError(f"--search {self.search} needs a PPM to score solutions: set ppm_path")
         extraction_policies(self.answer_extraction)  # a one-line error for an unknown policy
         if not 0 <= self.shard_index < self.num_shards:
@@ -285,10 +290,12 @@ def _search(prompts, generator, executor, scorer, grader, sampling, config: Eval
     from mathforge.search import inference
 
     sampling = replace(sampling, n=config.beam_samples if config.search == "beam" else config.search_n)
-    if config.search in ("majority", "best_of_n"):
+    if config.search in ("majority", "best_of_n", "weighted_vote"):
         groups = rollout(prompts, generator, executor, sampling, config.max_steps, config.max_code_errors)
         if config.search == "majority":
             return inference.majority_vote(groups, grader)
+        if config.search == "weighted_vote":
+            return inference.weighted_vote(prompts, groups, scorer, grader)
         return inference.best_of_n(prompts, groups, scorer)
     if config.search == "beam":
         return inference.step_beam_search(
@@ -343,7 +350,7 @@ def generate_samples(
     torch.manual_seed(config.seed)
     generator = generator or build_generator(config)
     scorer = None
-    if config.search in ("best_of_n", "beam", "mcts"):
+    if config.search in ("best_of_n", "weighted_vote", "beam", "mcts"):
         from mathforge.search.mcts import ppm_of
 
         scorer = ppm_of(config)

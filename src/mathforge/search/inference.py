@@ -11,6 +11,8 @@ prompt. Majority vote and best-of-N choose among solutions sampled by :func:`mat
 * :func:`step_beam_search`: B1 beams, B2 samples from each, all children scored, the top B1 kept; a
   finished solution leaves the beam and takes its slot with it, so B1 solutions come out (AlphaMath).
 * :func:`best_of_n`: N sampled solutions, the best-scored finished one.
+* :func:`weighted_vote`: N sampled solutions, the final answer with the largest summed score (a PPM-weighted
+  majority vote: agreement between samples and the PPM's judgement both count).
 * :func:`majority_vote`: N sampled solutions, the most frequent final answer.
 """
 
@@ -42,6 +44,11 @@ def vote(answers: list[str | None], grader=None) -> tuple[int, int] | None:
     answer of the winning group, its votes), or None when no answer has a final answer. Answers group by
     their final answer (the ``\\boxed{}`` content, spaces ignored) and, with a ``grader``, also by
     equivalence (``\\frac{1}{2}`` = ``0.5``)."""
+    return plurality(answer_keys(answers, grader))
+
+
+def answer_keys(answers: list[str | None], grader=None) -> list[str | None]:
+    """One key per answer for :func:`vote`: equal keys are the same final answer; None: no final answer."""
     from mathforge.grader import extract_answer
 
     keys: list[str | None] = []
@@ -53,7 +60,7 @@ def vote(answers: list[str | None], grader=None) -> tuple[int, int] | None:
                 groups = (k for k in dict.fromkeys(keys) if k is not None)
                 key = next((k for k in groups if grader.grade(key, k) is True), key)
         keys.append(key)
-    return plurality(keys)
+    return keys
 
 
 def majority_vote(groups: list[list[Trajectory]], grader=None) -> list[SearchAnswer]:
@@ -88,6 +95,38 @@ def best_of_n(prompts: list[str], groups: list[list[Trajectory]], scorer: Scorer
             out.append(SearchAnswer(traj.answer, traj.completion, score, tokens))
         else:
             out.append(SearchAnswer(None, None, None, tokens))
+    return out
+
+
+def weighted_vote(
+    prompts: list[str], groups: list[list[Trajectory]], scorer: Scorer, grader=None
+) -> list[SearchAnswer]:
+    """Per prompt, of its sampled solutions, the final answer whose solutions' scores sum highest; a score
+    s in [-1, 1] weighs (s + 1) / 2, so a solution the scorer calls wrong adds little. The answer's
+    best-scored solution represents it; its score is the answer's share of the summed weight."""
+    finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
+    scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
+    scored: dict[int, list[tuple[float, Trajectory]]] = {}
+    for (i, traj), score in zip(finished, scores):
+        scored.setdefault(i, []).append(((float(score) + 1) / 2, traj))
+    out = []
+    for i, group in enumerate(groups):
+        tokens = sum(t.num_tokens for t in group)
+        candidates = scored.get(i, [])
+        keys = answer_keys([t.answer for _, t in candidates], grader)
+        weight: dict[str, float] = {}
+        for (w, _), key in zip(candidates, keys):
+            if key is not None:
+                weight[key] = weight.get(key, 0.0) + w
+        if not weight:
+            out.append(SearchAnswer(None, None, None, tokens))
+            continue
+        winner = max(weight, key=weight.__getitem__)  # ties: the answer seen first
+        w, best = max(((w, t) for (w, t), key in zip(candidates, keys) if key == winner), key=lambda x: x[0])
+        total = sum(weight.values())
+        out.append(
+            SearchAnswer(best.answer, best.completion, weight[winner] / total if total else None, tokens)
+        )
     return out
 
 
