@@ -98,6 +98,10 @@ def test_sft_data_all_rounds_trains_each_round_on_every_rounds_solutions_so_far(
     assert [json.loads(r)["id"] for r in rows] == ["a1", "b1", "a2", "b2", "a3", "b3"]
     steps["round 2, step sft"].prepare()
     assert len((run / "round_2" / "sft_data" / "train.jsonl").read_text().splitlines()) == 4
+    from mathforge.evolve_report import collect
+
+    rows = collect(run, plan)["rounds"]  # the report counts what each SFT trained on
+    assert [r["sft_examples"] for r in rows[1:]] == [2, 4, 6]
     # the default: each round's own set
     plan = plan_of(tmp_path / "default", rounds=rounds)
     assert (
@@ -707,7 +711,11 @@ def test_demo_recipe_plans_600_held_out_640_per_round_masked_sft(monkeypatch):
     assert plan.config.toy_data["n_test"] >= 600 and plan.config.eval_problems == 600
     assert all(steps[f"round {k}, step eval_greedy"]["max_problems"] == 600 for k in (0, 1, 2))
     assert [steps[f"round {k}, step search"]["max_problems"] for k in (1, 2)] == [640, 640]
-    # greedy in every round, PPM-guided best-of-4 in the last; no never-solved pass (its plan: below)
+    # greedy in every round, a PPM-weighted vote of 8 samples in the last; no never-solved pass
+    assert (steps["round 2, step eval_search"]["search"], steps["round 2, step eval_search"]["search_n"]) == (
+        "weighted_vote",
+        8,
+    )
     assert [k for k in (1, 2) if f"round {k}, step eval_search" in steps] == [2]
     assert not any("search_unsolved" in label for label in steps)
     assert steps["round 2, step search"]["dtype"] == this_cpu().vllm_dtype  # the demo searches with vLLM

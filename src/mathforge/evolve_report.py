@@ -168,13 +168,12 @@ def collect(run_dir: Path, plan) -> dict:
         greedy = _json(folder / "eval_greedy" / "results.json") or {}
         search = _json(folder / "eval_search" / "results.json") or {}
         sft = by_label.get(f"round {k}, step sft")
-        if k == 0:
-            examples = (
-                _rows_in(sft.recipe.get("dataset_name"), sft.recipe.get("dataset_train_split", "train"),
-                         sft.recipe.get("max_train_samples"))
-                if sft else None
-            )  # fmt: skip
-        else:
+        examples = (  # what the SFT trained on: the round's own solutions, or every round's (sft_data)
+            _rows_in(sft.recipe.get("dataset_name"), sft.recipe.get("dataset_train_split", "train"),
+                     sft.recipe.get("max_train_samples"))
+            if sft else None
+        )  # fmt: skip
+        if examples is None and k:
             examples = stats.get("sft_rows")
         acc = ppm.get("eval_pairwise_accuracy")
         ppm_accuracy = None if acc is None else 100.0 * acc
