@@ -41,6 +41,7 @@ from mathforge.steps import MAX_OUTPUT_CHARS
 
 PROMPT_FORMATS = ("steps", "cot", "chat")
 SEARCH_MODES = ("none", "majority", "best_of_n", "weighted_vote", "beam", "mcts")
+PPM_SEARCHES = ("best_of_n", "weighted_vote", "beam", "mcts")  # the searches that score with a PPM
 # EvalConfig fields passed on to the vLLM generator as they are
 VLLM_OPTIONS = (
     "tensor_parallel_size",
@@ -194,7 +195,7 @@ class EvalConfig:
             raise ValueError("several samples (n > 1 or a search) need sampling: set --temperature, e.g. 0.7")
         if self.search != "none" and self.n != 1:
             raise ValueError("a search returns one answer per problem: leave n at 1 and set search_n/beams")
-        if self.search in ("best_of_n", "weighted_vote", "beam", "mcts") and not self.ppm_path:
+        if self.search in PPM_SEARCHES and not self.ppm_path:
             raise ValueError(f"--search {self.search} needs a PPM to score solutions: set ppm_path")
         extraction_policies(self.answer_extraction)  # a one-line error for an unknown policy
         if not 0 <= self.shard_index < self.num_shards:
@@ -350,7 +351,7 @@ def generate_samples(
     torch.manual_seed(config.seed)
     generator = generator or build_generator(config)
     scorer = None
-    if config.search in ("best_of_n", "weighted_vote", "beam", "mcts"):
+    if config.search in PPM_SEARCHES:
         from mathforge.search.mcts import ppm_of
 
         scorer = ppm_of(config)

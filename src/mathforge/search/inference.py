@@ -78,20 +78,25 @@ def majority_vote(groups: list[list[Trajectory]], grader=None) -> list[SearchAns
     return out
 
 
+def _scored_finished(prompts: list[str], groups: list[list[Trajectory]], scorer: Scorer) -> dict:
+    """Per prompt index, its finished solutions with their scores (one scorer call for all problems)."""
+    finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
+    scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
+    scored: dict[int, list[tuple[float, Trajectory]]] = {}
+    for (i, traj), score in zip(finished, scores):
+        scored.setdefault(i, []).append((float(score), traj))
+    return scored
+
+
 def best_of_n(prompts: list[str], groups: list[list[Trajectory]], scorer: Scorer) -> list[SearchAnswer]:
     """Per prompt, of its sampled solutions (:func:`mathforge.rollout.rollout`), the finished one the
     scorer rates highest."""
-    finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
-    scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
-    best: dict[int, tuple[float, object]] = {}
-    for (i, traj), score in zip(finished, scores):
-        if i not in best or score > best[i][0]:
-            best[i] = (float(score), traj)
+    scored = _scored_finished(prompts, groups, scorer)
     out = []
     for i, group in enumerate(groups):
         tokens = sum(t.num_tokens for t in group)
-        if i in best:
-            score, traj = best[i]
+        if i in scored:
+            score, traj = max(scored[i], key=lambda x: x[0])  # ties: the first sampled
             out.append(SearchAnswer(traj.answer, traj.completion, score, tokens))
         else:
             out.append(SearchAnswer(None, None, None, tokens))
@@ -104,15 +109,11 @@ def weighted_vote(
     """Per prompt, of its sampled solutions, the final answer whose solutions' scores sum highest; a score
     s in [-1, 1] weighs (s + 1) / 2, so a solution the scorer calls wrong adds little. The answer's
     best-scored solution represents it; its score is the answer's share of the summed weight."""
-    finished = [(i, t) for i, group in enumerate(groups) for t in group if t.answer is not None]
-    scores = scorer([prompts[i] + t.completion for i, t in finished]) if finished else []
-    scored: dict[int, list[tuple[float, Trajectory]]] = {}
-    for (i, traj), score in zip(finished, scores):
-        scored.setdefault(i, []).append(((float(score) + 1) / 2, traj))
+    scored = _scored_finished(prompts, groups, scorer)
     out = []
     for i, group in enumerate(groups):
         tokens = sum(t.num_tokens for t in group)
-        candidates = scored.get(i, [])
+        candidates = [((score + 1) / 2, t) for score, t in scored.get(i, [])]
         keys = answer_keys([t.answer for _, t in candidates], grader)
         weight: dict[str, float] = {}
         for (w, _), key in zip(candidates, keys):
