@@ -632,6 +632,9 @@ def test_paired_accuracy_and_tokens_on_the_same_problems(tmp_path):
     assert tokens["change_percent"] == pytest.approx(-25.0) and tokens["se_percent"] == pytest.approx(
         100 * (10 * (100 / 99) ** 0.5 / 10) / 200, rel=1e-6
     )
+    solved = paired_tokens(before, after, solved_by_both=True)  # problems 0-45: 200 -> 140 tokens
+    assert (solved["problems"], solved["before"], solved["after"]) == (46, 200.0, 140.0)
+    assert solved["change_percent"] == pytest.approx(-30.0) and solved["se_percent"] == 0.0
     assert paired_accuracy(before, tmp_path / "missing") is None
 
 

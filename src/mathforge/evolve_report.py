@@ -101,16 +101,22 @@ def paired_accuracy(before: Path, after: Path) -> dict | None:
     return {**result, "verdict": verdict(result["delta"], result["se"])}
 
 
-def paired_tokens(before: Path, after: Path) -> dict | None:
+def paired_tokens(before: Path, after: Path, solved_by_both: bool = False) -> dict | None:
     """Mean tokens per problem before and after on the problems both scored, the change in % of before
-    and its standard error (per-problem differences, so the problems' own lengths cancel)."""
+    and its standard error (per-problem differences, so the problems' own lengths cancel).
+    ``solved_by_both``: only the problems whose every sample was correct before and after, so that the
+    change is the same solutions written shorter, not right answers traded for short wrong ones."""
 
     def per_problem(samples):
         tokens: dict[tuple, list[float]] = {}
+        wrong: set[tuple] = set()
         for s in samples:
+            key = (s.get("benchmark"), str(s.get("id")))
             if s.get("tokens") is not None:
-                tokens.setdefault((s.get("benchmark"), str(s.get("id"))), []).append(float(s["tokens"]))
-        return {key: sum(v) / len(v) for key, v in tokens.items()}
+                tokens.setdefault(key, []).append(float(s["tokens"]))
+            if not s.get("correct"):
+                wrong.add(key)
+        return {key: sum(v) / len(v) for key, v in tokens.items() if not (solved_by_both and key in wrong)}
 
     a, b = per_problem(load_samples(before)), per_problem(load_samples(after))
     keys = [k for k in a if k in b]
@@ -217,6 +223,7 @@ def collect(run_dir: Path, plan) -> dict:
             "tokens_after": after.get("mean_tokens"),
             "accuracy": paired_accuracy(last, after_dir),
             "tokens": paired_tokens(last, after_dir),
+            "tokens_solved": paired_tokens(last, after_dir, solved_by_both=True),
             "minutes": seconds / 60.0 if seconds else None,
         }
     total = sum(timings.values()) / 60.0 if timings else None
@@ -361,6 +368,13 @@ def rl_table(rl: dict) -> str:
         f"| greedy accuracy % | {_cell(before, 'accuracy')} | {_cell(after, 'accuracy')} | {acc_change} |",
         f"| mean tokens | {format_cell(rl['tokens_before'])} | {format_cell(rl['tokens_after'])} | {tok_change} |",
     ]
+    solved = rl.get("tokens_solved")
+    if solved:
+        lines.append(
+            f"| mean tokens, the {solved['problems']} problems solved before and after | "
+            f"{format_cell(solved['before'])} | {format_cell(solved['after'])} | "
+            f"{solved['change_percent']:+.1f} ± {solved['se_percent']:.1f}% |"
+        )
     goal = rl_goal(rl)
     if goal is not None:
         lines += [
