@@ -251,6 +251,27 @@ def test_threads_set_omp_num_threads_of_a_stage_process(tmp_path, monkeypatch):
     assert "threads: 2" in (other.out / "step.log").read_text()
 
 
+@pytest.mark.slow
+def test_a_launched_stage_fails_with_its_ranks_error_not_the_launchers(tmp_path):
+    """A stage launched with accelerate on 2 processes fails (the model it starts from is not there): the step's one line
+    is the ranks' own error, not torchrun's ChildFailedError summary printed after it; of a log holding
+    several attempts, only the latest counts."""
+    import mathforge.evolve as evolve_module
+
+    plan = plan_of(tmp_path, accelerate={"sft": str(REPO / "accelerate_configs/cpu_2proc.yaml")})
+    step = next(s for s in plan.steps if s.label == "round 1, step sft")
+    with pytest.raises(UserError) as err:
+        evolve_module.run_step(step, plan.config)
+    log = (step.out / "step.log").read_text()
+    assert "ChildFailedError" in log  # the launcher's summary is there, and not what the line names
+    assert "ChildFailedError" not in str(err.value)
+    message = r"round 1, step sft: mathforge sft: error: model folder not found: .* \(exit code 1; log: "
+    assert re.match(message, str(err.value)), str(err.value)
+    with open(step.out / "step.log", "a") as f:
+        f.write("\n=== a later attempt\nValueError: the later one\n")
+    assert evolve_module._last_error(step.out / "step.log") == "ValueError: the later one"
+
+
 def test_cli_bad_config_exit_code_and_one_line(tmp_path, capsys):
     from mathforge.cli import main
 
@@ -375,6 +396,10 @@ def _kill_when(proc: subprocess.Popen, ready, how: str, timeout: float = 240) ->
         proc.wait()
 
 
+def _tail(path: Path, chars: int) -> str:
+    return f"\n--- {path} ---\n" + (path.read_text(errors="replace")[-chars:] if path.is_file() else "(none)")
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.is_file() else []
 
@@ -401,10 +426,10 @@ def test_killed_twice_mid_round_then_resumed(run_root, tmp_path):
     _kill_when(_start(path, log), lambda: 2 <= len(_lines(trees)) < 8, "term")
     assert 2 <= len(_lines(trees)) < 8 and not (run / "round_1" / "extract").exists()
     sft = run / "round_1" / "sft"
-    _kill_when(_start(path, log), lambda: any(sft.glob("checkpoint-*/trainer_state.json")), "kill")
+    _kill_when(_start(path, log), lambda: any(sft.glob("checkpoint-*/checkpoint_complete")), "kill")
     assert not (sft / "model.safetensors").exists()
     proc = _start(path, log)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert proc.wait(timeout=600) == 0, log.read_text()[-1500:] + _tail(sft / "step.log", 3000)
 
     text = log.read_text()
     assert "round 0, step sft: done already" in text and "round 0, step sft: running" not in text

@@ -79,6 +79,7 @@ def test_resume_continues_from_last_checkpoint(sft_policy, tiny_model, toy_data,
                   "--save_steps", "310"))  # fmt: skip
     report = json.loads((trained / "ranks" / "rank_0.json").read_text())
     assert report["resumed_from"] == "checkpoint-300" and report["global_step"] == 310
+    assert (trained / "checkpoint-310" / "checkpoint_complete").is_file()
     state = json.loads((trained / "checkpoint-310" / "trainer_state.json").read_text())
     # The history of the first 300 steps came along with the checkpoint.
     assert [h["step"] for h in state["log_history"] if "loss" in h][:2] == [25, 50]
@@ -101,6 +102,10 @@ def test_two_process_cpu_launch(tiny_model, toy_data, tmp_path):
         assert report["rank"] == rank and report["world_size"] == 2 and report["global_step"] == 6
         assert report["distributed_type"] == "DistributedType.MULTI_CPU"
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
+    # both ranks finished saving it (rank 1's RNG state included) before it was marked resumable
+    assert {"rng_state_0.pth", "rng_state_1.pth", "checkpoint_complete"} <= {
+        p.name for p in (out / "checkpoint-6").iterdir()
+    }
 
 
 @pytest.mark.slow
@@ -143,15 +148,23 @@ def test_sft_bad_inputs_are_one_line_errors(tmp_path, tiny_model):
 
 
 def test_last_checkpoint_skips_one_cut_off_mid_save(tmp_path):
-    from mathforge.training import last_checkpoint
+    """Only a checkpoint marked complete (every rank finished saving) is resumed from: a newer one holding rank 0's
+    trainer_state.json but not the mark was cut off while another rank was still writing."""
+    from mathforge.training import COMPLETE, last_checkpoint
 
     assert last_checkpoint(str(tmp_path / "missing")) is None
-    for step in (100, 200, 300):
+    for step in (100, 200, 300, 400):
         (tmp_path / f"checkpoint-{step}").mkdir()
     for step in (100, 200):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-300" / "model.safetensors").write_text("half")  # killed before its state
-    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-200")
+        (tmp_path / f"checkpoint-{step}" / COMPLETE).touch()
+    (tmp_path / "checkpoint-300" / "trainer_state.json").write_text("{}")  # rank 1 still saving when killed
+    (tmp_path / "checkpoint-400" / "model.safetensors").write_text("half")  # killed before its state
+    said = []
+    assert last_checkpoint(str(tmp_path), said.append) == str(tmp_path / "checkpoint-200")
+    assert [line.split(":")[0] for line in said] == [
+        f"passing over {tmp_path}/checkpoint-{n}" for n in (400, 300)
+    ]
 
 
 def test_masking_executor_output_leaves_only_what_the_model_writes_in_the_loss(

@@ -44,6 +44,7 @@ import gc
 import importlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -740,9 +741,17 @@ def command(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> list[s
 
 
 def _last_error(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line.lower() or "Error" in line.split(":")[0]]
-    return (errors or lines or ["no output"])[-1]
+    """The last error line of the step's latest attempt (the log is appended to, one ``=== `` header per
+    attempt). Of a launched stage, the ranks' own error, not the launcher's ChildFailedError summary below it."""
+    text = log.read_text(errors="replace")
+    attempt = text.rsplit("\n=== ", 1)[1].splitlines()[1:] if "\n=== " in text else text.splitlines()
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in attempt if line.strip()]
+    launcher = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), len(lines))
+    for candidates in (lines[:launcher], lines):
+        errors = [line for line in candidates if "error:" in line.lower() or "Error" in line.split(":")[0]]
+        if errors:
+            return errors[-1]
+    return (lines or ["no output"])[-1]
 
 
 def run_step(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> None:

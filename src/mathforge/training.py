@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import TrainerCallback
 from trl import ScriptArguments
 
 from mathforge.config import resolve, save_yaml, to_dict
@@ -106,11 +107,28 @@ def hub_push(training_args):
     return config
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete `checkpoint-N` folder in output_dir (what a restarted run resumes from).
+COMPLETE = "checkpoint_complete"  # written into a checkpoint once every rank has finished saving it
 
-    The Trainer writes `trainer_state.json` last, so a checkpoint without it was cut off by a kill
-    mid-save and is passed over for the one before it."""
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """After a checkpoint is saved, wait for every rank, then write an empty ``checkpoint_complete`` into it.
+
+    Rank 0 writes ``trainer_state.json`` while the other ranks may still be writing their RNG state (or
+    their DeepSpeed shards): a kill in between leaves a checkpoint that looks finished but fails to load.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        if args.should_save:
+            Path(args.output_dir, f"checkpoint-{state.global_step}", COMPLETE).touch()
+
+
+def last_checkpoint(output_dir: str, say=print) -> str | None:
+    """The newest `checkpoint-N` folder in output_dir that every rank finished saving (marked by
+    :class:`MarkCompleteCheckpoints`): what a restarted run resumes from. A newer one cut off by a kill
+    mid-save is passed over, with a note to ``say``."""
     if not os.path.isdir(output_dir):
         return None
     found = [
@@ -119,16 +137,19 @@ def last_checkpoint(output_dir: str) -> str | None:
         if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
     ]
     for _, path in sorted(found, reverse=True):
-        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+        if os.path.isfile(os.path.join(path, COMPLETE)):
             return path
+        say(f"passing over {path}: not marked {COMPLETE} (cut off mid-save, or not saved by mathforge)")
     return None
 
 
 def train_resuming(trainer) -> str | None:
     """Train, resuming from ``resume_from_checkpoint`` or else the newest complete checkpoint in
-    ``output_dir``; returns the checkpoint resumed from (None: a fresh start)."""
+    ``output_dir``; returns the checkpoint resumed from (None: a fresh start). Checkpoints saved on the way
+    are marked complete (:class:`MarkCompleteCheckpoints`)."""
     args = trainer.args
-    resume = args.resume_from_checkpoint or last_checkpoint(args.output_dir)
+    trainer.add_callback(MarkCompleteCheckpoints())
+    resume = args.resume_from_checkpoint or last_checkpoint(args.output_dir, trainer.accelerator.print)
     if resume:
         trainer.accelerator.print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
