@@ -740,11 +740,14 @@ def command(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> list[s
     return [sys.executable, "-m", module, "--config", recipe]
 
 
+ATTEMPT = "\n=== "  # starts the header line of each attempt in a step's log
+
+
 def _last_error(log: Path) -> str:
     """The last error line of the step's latest attempt (the log is appended to, one ``=== `` header per
     attempt). Of a launched stage, the ranks' own error, not the launcher's ChildFailedError summary below it."""
     text = log.read_text(errors="replace")
-    attempt = text.rsplit("\n=== ", 1)[1].splitlines()[1:] if "\n=== " in text else text.splitlines()
+    attempt = text.rsplit(ATTEMPT, 1)[1].splitlines()[1:] if ATTEMPT in text else text.splitlines()
     lines = [re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in attempt if line.strip()]
     launcher = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), len(lines))
     for candidates in (lines[:launcher], lines):
@@ -768,7 +771,7 @@ def run_step(step: Step, config: EvolveConfig, nodes: Nodes = ONE_NODE) -> None:
         save_yaml(step.recipe, recipe_file)
         (step.out / "step_command.sh").write_text(shlex.join(shown) + "\n")
     with open(log, "a") as f:
-        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(shown)}\n")
+        f.write(f"{ATTEMPT}{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(shown)}\n")
     if cmd is not None:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **threads}
         with open(log, "ab") as f:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import ScriptArguments
 
 from mathforge.config import resolve, save_yaml, to_dict
@@ -122,21 +123,14 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
         PartialState().wait_for_everyone()
         if args.should_save:
-            Path(args.output_dir, f"checkpoint-{state.global_step}", COMPLETE).touch()
+            Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", COMPLETE).touch()
 
 
 def last_checkpoint(output_dir: str, say=print) -> str | None:
     """The newest `checkpoint-N` folder in output_dir that every rank finished saving (marked by
     :class:`MarkCompleteCheckpoints`): what a restarted run resumes from. A newer one cut off by a kill
     mid-save is passed over, with a note to ``say``."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = [
-        (int(name.split("-")[1]), os.path.join(output_dir, name))
-        for name in os.listdir(output_dir)
-        if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
-    ]
-    for _, path in sorted(found, reverse=True):
+    for path in reversed(sort_checkpoints(output_dir)):  # newest first
         if os.path.isfile(os.path.join(path, COMPLETE)):
             return path
         say(f"passing over {path}: not marked {COMPLETE} (cut off mid-save, or not saved by mathforge)")
